@@ -1,0 +1,61 @@
+"""aqueue: asyncio-native background jobs on Redis and Valkey.
+
+The public API is exactly what ``__all__`` lists; everything in ``_``-prefixed
+modules is internal and may change.
+"""
+
+from ._client import Client, Job
+from ._mux import Context, Handler, Mux
+from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
+from ._worker import Worker
+from .errors import (
+    AqueueError,
+    BrokerUnavailable,
+    DuplicateTask,
+    InvalidCron,
+    InvalidPayload,
+    InvalidQueueName,
+    PayloadTooLarge,
+    QueueNotEmpty,
+    QueueNotFound,
+    ResultTimeout,
+    Retry,
+    Revoke,
+    SkipRetry,
+    TaskFailed,
+    TaskIdConflict,
+    TaskNotFound,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AqueueError",
+    "BrokerUnavailable",
+    "Client",
+    "Context",
+    "DailyStats",
+    "DuplicateTask",
+    "Handler",
+    "InvalidCron",
+    "InvalidPayload",
+    "InvalidQueueName",
+    "Job",
+    "Mux",
+    "PayloadTooLarge",
+    "QueueInfo",
+    "QueueNotEmpty",
+    "QueueNotFound",
+    "ResultTimeout",
+    "Retry",
+    "Revoke",
+    "SkipRetry",
+    "State",
+    "TaskFailed",
+    "TaskIdConflict",
+    "TaskInfo",
+    "TaskNotFound",
+    "Worker",
+    "WorkerInfo",
+    "__version__",
+]

@@ -1,0 +1,209 @@
+"""The one seam between aqueue's logic and the server: connections, scripts, errors.
+
+Everything that talks to Redis goes through a ``Broker`` so that connection failures
+become ``BrokerUnavailable`` in one place, and scripts are sent by SHA with a single
+reload when the server forgot them (a restart that lost its data, a failover).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from .errors import AqueueError, BrokerUnavailable
+
+T = TypeVar("T")
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_PREFIX = "aq"
+_SCHEMES = ("redis", "rediss", "unix")
+
+# What counts as "the server is not reachable or not usable": connection and timeout
+# failures, refused credentials (AuthenticationError is a ConnectionError), and a peer
+# that does not speak RESP.
+_UNAVAILABLE = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.InvalidResponse,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+class Script:
+    """A Lua script from ``_scripts/``, sent by SHA."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (resources.files(__package__) / "_scripts" / f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+class Scripts:
+    """All scripts, loaded from disk once per process."""
+
+    def __init__(self) -> None:
+        self.enqueue = Script("enqueue")
+        self.claim = Script("claim")
+        self.ack = Script("ack")
+        self.fail = Script("fail")
+        self.requeue = Script("requeue")
+        self.forward = Script("forward")
+        self.heartbeat = Script("heartbeat")
+        self.reap = Script("reap")
+
+
+SCRIPTS = Scripts()
+
+Call = tuple[Script, Sequence[str], Sequence[Any]]
+
+
+def redacted(url: str) -> str:
+    """The URL with any password replaced, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def check_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        raise AqueueError(
+            f"{scheme}:// URLs are not supported yet; pass a redis:// URL or an existing "
+            f"redis.asyncio client instead (got {redacted(url)!r})"
+        )
+    if scheme not in _SCHEMES:
+        raise AqueueError(
+            f"unsupported URL {redacted(url)!r}: use redis://, rediss:// or unix://"
+        )
+    return url
+
+
+class Broker:
+    """A lazily connected ``redis.asyncio`` client plus aqueue's conventions."""
+
+    def __init__(
+        self,
+        url_or_redis: str | aioredis.Redis,
+        *,
+        timeout: float = 5.0,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.prefix = prefix
+        self._owned = isinstance(url_or_redis, str)
+        self._redis: aioredis.Redis | None = None
+        if isinstance(url_or_redis, str):
+            self.url = check_url(url_or_redis)
+        elif isinstance(url_or_redis, aioredis.Redis):
+            self.url = "<redis.asyncio client>"
+            self._redis = url_or_redis
+        else:
+            raise AqueueError(
+                f"expected a redis://, rediss:// or unix:// URL or a redis.asyncio.Redis "
+                f"client, got {url_or_redis!r}"
+            )
+        self._socket_timeout = socket_timeout if socket_timeout is not None else timeout
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            # decode_responses stays off: payloads and results are bytes.
+            self._redis = aioredis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=self.timeout,
+                socket_timeout=self._socket_timeout,
+                health_check_interval=0,
+            )
+        return self._redis
+
+    def unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        detail = str(exc) or type(exc).__name__
+        return BrokerUnavailable(f"cannot use the server at {redacted(self.url)}: {detail}")
+
+    async def run(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        """Await ``fn()`` within the timeout, mapping connection failures."""
+        limit = self.timeout if timeout is None else timeout
+        try:
+            with anyio.fail_after(limit):
+                return await fn()
+        except TimeoutError as exc:
+            if isinstance(exc, rexc.TimeoutError):
+                raise self.unavailable(exc) from exc
+            raise BrokerUnavailable(
+                f"the server at {redacted(self.url)} did not answer within {limit:g} s"
+            ) from None
+        except rexc.ResponseError as exc:
+            if _is_auth_error(exc):
+                raise self.unavailable(exc) from exc
+            raise
+        except _UNAVAILABLE as exc:
+            raise self.unavailable(exc) from exc
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script (no timeout mapping: wrap in ``run`` for that)."""
+        r = self.redis
+        try:
+            return await r.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except rexc.NoScriptError:
+            await r.script_load(script.source)  # type: ignore[no-untyped-call]
+            return await r.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+    async def scripts(self, calls: Sequence[Call], extra: Sequence[Sequence[Any]] = ()) -> list[Any]:
+        """Run several scripts (and plain commands in ``extra``) in one round trip.
+
+        Returns the scripts' replies in order, then the extra commands' replies. A reply
+        that failed for a forgotten script is retried once after loading that script:
+        NOSCRIPT means the call never ran, so running it again is safe.
+        """
+        r = self.redis
+        pipe = r.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for cmd in extra:
+            pipe.execute_command(*cmd)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, rep in enumerate(replies[: len(calls)]) if _is_noscript(rep)]
+        if missing:
+            for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
+                await r.script_load(script.source)  # type: ignore[no-untyped-call]
+            pipe = r.pipeline(transaction=False)
+            for i in missing:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for i, rep in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = rep
+        for rep in replies:
+            if isinstance(rep, BaseException):
+                raise rep
+        return replies
+
+    async def close(self) -> None:
+        if self._redis is not None and self._owned:
+            await self._redis.aclose()
+            self._redis = None
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, rexc.NoScriptError) or (
+        isinstance(reply, rexc.ResponseError) and str(reply).startswith("NOSCRIPT")
+    )
+
+
+def _is_auth_error(exc: rexc.ResponseError) -> bool:
+    text = str(exc)
+    return text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text

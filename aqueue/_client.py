@@ -1,0 +1,255 @@
+"""The producer side: ``Client.enqueue`` and ``Client.enqueue_many``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+import msgspec
+import redis.asyncio as aioredis
+
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
+from ._codec import Body, decoder_for, encode_message, encode_payload, unique_digest
+from ._keys import queue_keys, queues_key
+from ._mux import Handler
+from ._options import Resolved, check_options, resolve
+from ._task import State, TaskInfo, from_ms
+from .errors import AqueueError, DuplicateTask, InvalidPayload, TaskIdConflict
+
+P = TypeVar("P")
+
+DEFAULT_MAX_PAYLOAD = 1 << 20
+# Tasks per enqueue script call: bounds how long one call holds the server.
+_BATCH = 500
+
+
+class Job(Generic[P]):
+    """One task for ``Client.enqueue_many``: a handler or type name, a payload, options."""
+
+    __slots__ = ("options", "payload", "task")
+
+    @overload
+    def __init__(self, task: Handler[P, Any], payload: P = ..., **options: Any) -> None: ...
+    @overload
+    def __init__(self, task: str, payload: Any = None, **options: Any) -> None: ...
+    def __init__(self, task: Handler[Any, Any] | str, payload: Any = None, **options: Any) -> None:
+        self.task = task
+        self.payload = payload
+        self.options = options
+
+    def __repr__(self) -> str:
+        name = self.task if isinstance(self.task, str) else self.task.name
+        return f"Job({name!r}, {self.payload!r}, **{self.options!r})"
+
+
+class _Prepared:
+    __slots__ = ("args", "opts", "payload", "type")
+
+    def __init__(self, task_type: str, payload: Any, opts: Resolved, args: list[Any]) -> None:
+        self.type, self.payload, self.opts, self.args = task_type, payload, opts, args
+
+
+class Client:
+    """Enqueues tasks. Cheap to create, connects on first use; share one per process.
+
+    ``timeout`` bounds how long any call waits on an unreachable server before
+    raising ``BrokerUnavailable``. ``defaults`` are the options of tasks enqueued by
+    type name (and the fallback for handler options).
+    """
+
+    def __init__(
+        self,
+        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        *,
+        timeout: float = 5.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        defaults: Mapping[str, Any] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if not isinstance(max_payload_bytes, int) or max_payload_bytes <= 0:
+            raise AqueueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        self._defaults = dict(defaults or {})
+        check_options(self._defaults, "Client defaults")
+        if "task_id" in self._defaults:
+            raise AqueueError("task_id cannot be a Client default")
+        self._broker = Broker(url_or_redis, timeout=timeout, prefix=prefix)
+        self._max_payload = max_payload_bytes
+        self._known_queues: set[str] = set()
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    @overload
+    async def enqueue(self, task: Handler[P, Any], payload: P = ..., **options: Any) -> TaskInfo: ...
+    @overload
+    async def enqueue(self, task: str, payload: Any = None, **options: Any) -> TaskInfo: ...
+    async def enqueue(
+        self, task: Handler[Any, Any] | str, payload: Any = None, **options: Any
+    ) -> TaskInfo:
+        """Write one task in one round trip and return its ``TaskInfo``.
+
+        Options: queue, max_retry, timeout, deadline, process_in, process_at, unique,
+        task_id, retention, headers. Raises ``DuplicateTask`` or ``TaskIdConflict``
+        when the server refuses it; nothing is written then.
+        """
+        now = _now_ms()
+        prepared = self._prepare(task, payload, options, now)
+        infos = await self._write([prepared], now)
+        result = infos[0]
+        if isinstance(result, AqueueError):
+            raise result
+        return result
+
+    async def enqueue_many(
+        self, jobs: Iterable[Job[Any]], *, return_exceptions: bool = False
+    ) -> list[TaskInfo] | list[TaskInfo | AqueueError]:
+        """Write many tasks in one round trip (one script call per queue and 500 tasks).
+
+        Every job is validated before anything is written. A job the server refuses
+        (duplicate unique task, task id conflict) does not stop the others: with
+        ``return_exceptions=True`` its error takes its place in the returned list,
+        otherwise the first such error is raised after the others were written.
+        """
+        now = _now_ms()
+        prepared = []
+        for i, job in enumerate(jobs):
+            if not isinstance(job, Job):
+                raise AqueueError(f"enqueue_many takes Job objects, got {job!r} at index {i}")
+            prepared.append(self._prepare(job.task, job.payload, job.options, now))
+        results = await self._write(prepared, now) if prepared else []
+        if not return_exceptions:
+            for r in results:
+                if isinstance(r, AqueueError):
+                    raise r
+        return results
+
+    def _prepare(
+        self, task: Handler[Any, Any] | str, payload: Any, options: Mapping[str, Any], now: int
+    ) -> _Prepared:
+        check_options(options, "enqueue")
+        if isinstance(task, Handler):
+            task_type, handler_opts = task.name, task.options
+        elif isinstance(task, str) and task:
+            task_type, handler_opts, handler = task, {}, None
+        else:
+            raise AqueueError(f"task must be a Handler or a non-empty type name, got {task!r}")
+        opts = resolve(options, handler_opts, self._defaults, now)
+        data = encode_payload(payload, self._max_payload)
+        if isinstance(task, Handler):
+            _check_payload(task, payload, data)
+        digest = unique_digest(task_type, data) if opts.unique else ""
+        body = Body(
+            type=task_type,
+            payload=msgspec.Raw(data),
+            timeout=opts.timeout,
+            deadline=opts.deadline,
+            retention=opts.retention,
+            enqueued_at=now,
+            headers=opts.headers,
+        )
+        message = encode_message(opts.max_retry, digest, body)
+        args = [opts.task_id, message, opts.due, digest, int(opts.unique * 1000)]
+        return _Prepared(task_type, payload, opts, args)
+
+    async def _write(self, prepared: list[_Prepared], now: int) -> list[Any]:
+        prefix = self._broker.prefix
+        by_queue: dict[str, list[int]] = {}
+        for i, p in enumerate(prepared):
+            by_queue.setdefault(p.opts.queue, []).append(i)
+        calls: list[Call] = []
+        order: list[list[int]] = []
+        for queue, idxs in by_queue.items():
+            k = queue_keys(prefix, queue)
+            keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp)
+            for start in range(0, len(idxs), _BATCH):
+                chunk = idxs[start : start + _BATCH]
+                args: list[Any] = [now]
+                for i in chunk:
+                    args.extend(prepared[i].args)
+                calls.append((SCRIPTS.enqueue, keys, args))
+                order.append(chunk)
+        new = [q for q in by_queue if q not in self._known_queues]
+        extra = [("SADD", queues_key(prefix), *new)] if new else []
+        replies = await self._broker.run(lambda: self._broker.scripts(calls, extra))
+        self._known_queues.update(new)
+        out: list[Any] = [None] * len(prepared)
+        for chunk, reply in zip(order, replies, strict=False):
+            for i, rep in zip(chunk, reply, strict=True):
+                out[i] = _info_or_error(prepared[i], rep)
+        return out
+
+    async def close(self) -> None:
+        """Close the connections this client opened (not a client passed in)."""
+        await self._broker.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _check_payload(handler: Handler[Any, Any], payload: Any, data: bytes) -> None:
+    """Refuse, before writing, a payload the handler could not decode."""
+    if not handler.takes_payload:
+        if payload is not None:
+            raise InvalidPayload(
+                f"handler {handler.name!r} takes no payload, got {_short(payload)}"
+            )
+        return
+    tp = handler.payload_type
+    if tp is Any or tp is bytes:
+        return
+    try:
+        decoder_for(tp).decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidPayload(
+            f"payload {_short(payload)} does not match {getattr(tp, '__name__', tp)!s} "
+            f"of handler {handler.name!r}: {exc}"
+        ) from None
+
+
+def _info_or_error(p: _Prepared, reply: Any) -> TaskInfo | AqueueError:
+    o = p.opts
+    if isinstance(reply, list):
+        kind, other = reply[0].decode(), reply[1].decode()
+        if kind == "dup":
+            return DuplicateTask(
+                f"a task of type {p.type!r} with an equal payload is already in queue "
+                f"{o.queue!r} (task {other!r}) and holds its unique lock"
+            )
+        return TaskIdConflict(
+            f"task id {o.task_id!r} is already used in queue {o.queue!r} by a task in "
+            f"state {other!r}"
+        )
+    return TaskInfo(
+        id=o.task_id,
+        queue=o.queue,
+        type=p.type,
+        payload=p.payload,
+        state=State.SCHEDULED.value if o.due else State.PENDING.value,
+        max_retry=o.max_retry,
+        timeout=o.timeout or None,
+        deadline=from_ms(o.deadline),
+        next_process_at=from_ms(o.due),
+        enqueued_at=from_ms(_now_ms()),
+        retention=o.retention,
+        headers=o.headers or {},
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,76 @@
+"""The Redis key layout. Every key of one queue carries the queue's hash tag.
+
+Per queue ``q`` (prefix ``aq`` by default), all under the tag ``{q}`` so one queue
+lives in one Redis Cluster slot and every script touches one slot only:
+
+===============  =====  ====================================================
+``pending``      LIST   ids waiting to run; new ids LPUSHed, claims take the RIGHT
+``l:<worker>``   LIST   one worker's lease list (claimed, not yet acked)
+``leases``       ZSET   worker id -> lease expiry (ms)
+``tasks``        HASH   id -> stored message (see ``_codec``)
+``states``       HASH   id -> state; ``@<token>`` while active
+``scheduled``    ZSET   id -> due time (ms)
+``retry``        ZSET   id -> next attempt (ms)
+``archived``     ZSET   id -> archive time (ms)
+``completed``    ZSET   id -> expiry (ms) of a kept result
+``results``      HASH   id -> encoded result
+``retried``      HASH   id -> retries so far
+``errors``       HASH   id -> last error
+``failed_at``    HASH   id -> last failure (ms)
+``progress``     HASH   id -> encoded progress
+``uniq``         HASH   unique digest -> id holding the lock
+``uniq_exp``     ZSET   unique digest -> lock expiry (ms)
+``paused``       STRING exists while paused
+``stats``        HASH   ``p``/``f`` totals, ``p:<day>``/``f:<day>`` per UTC day
+===============  =====  ====================================================
+
+Task data lives in per-queue hashes rather than one key per task, so that a script
+which claims tasks it cannot name in advance still declares every key it touches.
+Outside any queue: ``<prefix>:queues`` (SET of queue names, written with plain
+commands, never from a script).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+class QueueKeys:
+    __slots__ = (
+        "archived",
+        "base",
+        "completed",
+        "errors",
+        "failed_at",
+        "leases",
+        "paused",
+        "pending",
+        "progress",
+        "results",
+        "retried",
+        "retry",
+        "scheduled",
+        "states",
+        "stats",
+        "tasks",
+        "uniq",
+        "uniq_exp",
+    )
+
+    def __init__(self, prefix: str, queue: str) -> None:
+        self.base = f"{prefix}:{{{queue}}}:"
+        for name in self.__slots__:
+            if name != "base":
+                setattr(self, name, self.base + name)
+
+    def lease(self, worker_id: str) -> str:
+        return f"{self.base}l:{worker_id}"
+
+
+@lru_cache(maxsize=4096)
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    return QueueKeys(prefix, queue)
+
+
+def queues_key(prefix: str) -> str:
+    return f"{prefix}:queues"

@@ -1,0 +1,205 @@
+"""A worker's lease keeping: heartbeat, reaper and the forwarder of due tasks.
+
+The heartbeat renews this worker's lease on each of its queues every ``lease_ttl / 3``.
+If a renewal finds the lease had already expired (the worker was frozen, or cut off
+for longer than the lease), a reaper may have handed its tasks to someone else, so the
+handlers still running for that queue are cancelled; their late writes would be
+refused by the fencing token anyway. The same happens, without asking the server,
+once the last successful renewal is older than the lease.
+
+Every worker also runs a reaper and a forwarder; both are idempotent scripts, safe to
+run from any number of workers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._broker import SCRIPTS, Call
+from ._keys import queues_key
+from .errors import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+log = logging.getLogger("aqueue.worker")
+
+# Due tasks moved per queue and forwarder call; a larger backlog takes several calls.
+FORWARD_BATCH = 1000
+# Upper bound on the forwarder's sleep, so tasks scheduled by other processes after it
+# went to sleep are noticed.
+FORWARD_MAX_SLEEP = 1.0
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+class LeaseKeeper:
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.ttl_ms = int(worker.lease_ttl * 1000)
+        self.valid_until = math.inf
+        self._forward_at = math.inf
+        self._forward_event: anyio.Event | None = None
+
+    async def start(self) -> None:
+        """First contact: fail fast (``BrokerUnavailable``) on a wrong URL or a down
+        server, register the queues and take the lease, warn about risky settings."""
+        w = self.w
+        broker = w.broker
+        await broker.run(lambda: broker.redis.ping())  # type: ignore[misc]
+        await broker.run(lambda: broker.redis.sadd(queues_key(broker.prefix), *w.queues))  # type: ignore[misc]
+        await self.renew()
+        await self._boot_checks()
+
+    async def _boot_checks(self) -> None:
+        broker = self.w.broker
+        try:
+            config: dict[Any, Any] = await broker.run(
+                lambda: broker.redis.config_get("maxmemory-policy")
+            )
+            policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy")))
+            persist: dict[Any, Any] = await broker.run(lambda: broker.redis.config_get("appendonly"))
+            aof = _text(persist.get(b"appendonly", persist.get("appendonly")))
+            save: dict[Any, Any] = await broker.run(lambda: broker.redis.config_get("save"))
+            rdb = _text(save.get(b"save", save.get("save")))
+        except Exception:  # CONFIG is often disabled on managed servers: nothing to check
+            return
+        if policy and policy != "noeviction":
+            log.warning(
+                "the server's maxmemory-policy is %r, not 'noeviction': under memory "
+                "pressure it may evict tasks",
+                policy,
+            )
+        if aof != "yes" and not rdb:
+            log.warning(
+                "the server keeps nothing on disk (appendonly no, no save points): a "
+                "server restart loses every task"
+            )
+
+    async def renew(self) -> None:
+        w = self.w
+        sent = time.monotonic()
+        now = int(time.time() * 1000)
+        calls: list[Call] = [
+            (SCRIPTS.heartbeat, (k.leases,), [w.id, now, now + self.ttl_ms])
+            for k in w._keys.values()
+        ]
+        replies = await w.broker.run(lambda: w.broker.scripts(calls))
+        self.valid_until = sent + w.lease_ttl
+        for q, live in zip(w._keys, replies, strict=True):
+            if not live:
+                n = w._cancel_queue(q, "lost")
+                if n:
+                    log.warning(
+                        "lease of worker %s on queue %s had expired: cancelled %d handler(s) "
+                        "whose tasks may now run elsewhere",
+                        w.id,
+                        q,
+                        n,
+                    )
+
+    async def heartbeat_loop(self) -> None:
+        w = self.w
+        interval = w.lease_ttl / 3
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.renew()
+                w._recovered()
+            except BrokerUnavailable as exc:
+                if time.monotonic() >= self.valid_until and w._held:
+                    log.warning(
+                        "could not renew the lease of worker %s for %g s: cancelling its "
+                        "%d handler(s), whose tasks the reaper will return",
+                        w.id,
+                        w.lease_ttl,
+                        len(w._held),
+                    )
+                    w._cancel_all("lost")
+                await w._outage(exc, sleep=0)
+
+    async def reaper_loop(self) -> None:
+        """Return the tasks of expired leases, at least every ``min(lease_ttl, 5)`` s."""
+        interval = min(self.w.lease_ttl, 5.0)
+        while True:
+            try:
+                await self.reap()
+            except BrokerUnavailable as exc:
+                await self.w._outage(exc, sleep=0)
+            # Jitter spreads the reapers of many workers over the interval.
+            await anyio.sleep(interval * random.uniform(0.5, 1.0))
+
+    async def reap(self) -> tuple[int, int]:
+        w = self.w
+        broker = w.broker
+        now = int(time.time() * 1000)
+        pipe_cmds = [("ZRANGEBYSCORE", k.leases, "-inf", now) for k in w._keys.values()]
+        expired = await broker.run(lambda: broker.scripts([], pipe_cmds))
+        calls: list[Call] = []
+        for (q, k), wids in zip(w._keys.items(), expired, strict=True):
+            if not wids:
+                continue
+            ids = [x.decode() for x in wids]
+            keys = (
+                k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
+                k.failed_at, k.stats, k.uniq, k.uniq_exp, *(k.lease(i) for i in ids),
+            )  # fmt: skip
+            calls.append((SCRIPTS.reap, keys, [now, today(), *ids]))
+            log.info("reaping expired lease(s) %s on queue %s", ids, q)
+        if not calls:
+            return (0, 0)
+        replies = await broker.run(lambda: broker.scripts(calls))
+        recovered = sum(int(r[0]) for r in replies)
+        archived = sum(int(r[1]) for r in replies)
+        if recovered or archived:
+            log.warning(
+                "recovered %d task(s) of lost workers (%d archived: retries spent)",
+                recovered,
+                archived,
+            )
+        return (recovered, archived)
+
+    def wake_forwarder(self, due_ms: int) -> None:
+        """Make the forwarder run no later than ``due_ms``."""
+        if due_ms / 1000 < self._forward_at and self._forward_event is not None:
+            self._forward_event.set()
+
+    async def forward_loop(self) -> None:
+        w = self.w
+        broker = w.broker
+        while True:
+            self._forward_event = anyio.Event()
+            now = int(time.time() * 1000)
+            calls: list[Call] = [
+                (SCRIPTS.forward, (k.scheduled, k.retry, k.pending, k.states), [now, FORWARD_BATCH])
+                for k in w._keys.values()
+            ]
+            try:
+                replies = await broker.run(lambda: broker.scripts(calls))
+            except BrokerUnavailable as exc:
+                await w._outage(exc)
+                continue
+            moved = sum(int(r[0]) for r in replies)
+            if moved >= FORWARD_BATCH:
+                continue  # more are due right now
+            nexts = [int(r[1]) for r in replies if int(r[1]) >= 0]
+            wake = time.time() + FORWARD_MAX_SLEEP
+            if nexts:
+                wake = min(wake, min(nexts) / 1000)
+            self._forward_at = wake
+            with anyio.move_on_after(max(0.0, wake - time.time())):
+                await self._forward_event.wait()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value) if value is not None else ""

@@ -1,0 +1,226 @@
+"""Routing task types to handlers: ``Mux``, ``Handler`` and the handler ``Context``."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Generic, TypeVar, overload
+
+from ._options import OPTION_NAMES, check_options
+from .errors import AqueueError
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+CallNext = Callable[[], Awaitable[Any]]
+Middleware = Callable[["Context", CallNext], Awaitable[Any]]
+ProgressSink = Callable[[Any], Awaitable[None]]
+
+_NO_PAYLOAD: Any = object()
+
+
+class Context:
+    """What a handler knows about the attempt it is running."""
+
+    __slots__ = (
+        "_progress",
+        "deadline",
+        "enqueued_at",
+        "headers",
+        "max_retry",
+        "queue",
+        "retry_count",
+        "task_id",
+        "task_type",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        task_type: str,
+        queue: str,
+        retry_count: int,
+        max_retry: int,
+        deadline: datetime | None,
+        enqueued_at: datetime | None,
+        headers: Mapping[str, str],
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.task_type = task_type
+        self.queue = queue
+        self.retry_count = retry_count
+        self.max_retry = max_retry
+        self.deadline = deadline
+        self.enqueued_at = enqueued_at
+        self.headers = dict(headers)
+        self._progress = progress
+
+    async def progress(self, value: Any) -> None:
+        """Publish how far the task has come (any msgspec-encodable value)."""
+        if self._progress is not None:
+            await self._progress(value)
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(task_id={self.task_id!r}, task_type={self.task_type!r}, "
+            f"queue={self.queue!r}, retry_count={self.retry_count})"
+        )
+
+
+class Handler(Generic[P, R]):
+    """A registered task type: pass it to ``Client.enqueue`` or ``Job``.
+
+    Calling it calls the wrapped function directly, which keeps handlers unit-testable.
+    """
+
+    __slots__ = ("fn", "is_async", "name", "options", "payload_type")
+
+    def __init__(self, name: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.fn = fn
+        self.options = dict(options)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.payload_type = _payload_type(name, fn)
+
+    @property
+    def takes_payload(self) -> bool:
+        return self.payload_type is not _NO_PAYLOAD
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Handler {self.name!r} -> {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+
+def _payload_type(name: str, fn: Callable[..., Any]) -> Any:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise AqueueError(f"handler for {name!r} is not a function: {fn!r}") from exc
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) not in (1, 2) or len(positional) != len(
+        [p for p in params if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    ):
+        raise AqueueError(
+            f"handler for {name!r} must take (ctx) or (ctx, payload), "
+            f"got {fn.__qualname__}{inspect.signature(fn)}"
+        )
+    if len(positional) == 1:
+        return _NO_PAYLOAD
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # an unresolvable forward reference
+        raise AqueueError(
+            f"cannot resolve the payload annotation of handler {name!r}: {exc}"
+        ) from exc
+    return hints.get(positional[1].name, Any)
+
+
+class _Entry:
+    __slots__ = ("chains", "handler")
+
+    def __init__(self, handler: Handler[Any, Any], chains: tuple[list[Middleware], ...]) -> None:
+        self.handler = handler
+        self.chains = chains
+
+    def middleware(self) -> list[Middleware]:
+        return [mw for chain in self.chains for mw in chain]
+
+
+class _Decorator:
+    def __init__(self, mux: Mux, name: str, options: dict[str, Any]) -> None:
+        self._mux, self._name, self._options = mux, name, options
+
+    @overload
+    def __call__(self, fn: Callable[[Context], Awaitable[R]]) -> Handler[None, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[Context, P], Awaitable[R]]) -> Handler[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[Context], R]) -> Handler[None, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[Context, P], R]) -> Handler[P, R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Handler[Any, Any]:
+        return self._mux.handle(self._name, fn, **self._options)
+
+
+class Mux:
+    """Maps task type names to handlers, with middleware.
+
+    A name ending in ``:`` is a prefix pattern (``"email:"`` serves ``"email:send"``);
+    an exact name beats any pattern and the longest pattern wins.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._middleware: list[Middleware] = []
+        self._prefixes: list[str] = []
+
+    def task(self, name: str, **options: Any) -> _Decorator:
+        """Register the decorated function as the handler of ``name``.
+
+        ``options`` are the defaults of tasks enqueued through the returned handler
+        (any ``enqueue`` option but ``task_id``).
+        """
+        return _Decorator(self, name, options)
+
+    def handle(self, name: str, fn: Callable[..., Any], **options: Any) -> Handler[Any, Any]:
+        """Register ``fn`` as the handler of ``name`` (see ``task``)."""
+        if not isinstance(name, str) or not name:
+            raise AqueueError(f"task name must be a non-empty string, got {name!r}")
+        unknown = set(options) - OPTION_NAMES
+        if unknown or "task_id" in options:
+            bad = sorted(unknown | ({"task_id"} & set(options)))
+            raise AqueueError(f"unknown handler option(s) {bad} for task {name!r}")
+        check_options(options, f"task {name!r}")
+        handler: Handler[Any, Any] = Handler(name, fn, options)
+        self._add(name, _Entry(handler, (self._middleware,)))
+        return handler
+
+    def use(self, middleware: Middleware) -> None:
+        """Add middleware ``async def mw(ctx, call_next)``; the first added runs outermost."""
+        if not callable(middleware):
+            raise AqueueError(f"middleware must be callable, got {middleware!r}")
+        self._middleware.append(middleware)
+
+    def include(self, other: Mux) -> None:
+        """Serve every handler of ``other`` too, wrapped in this mux's middleware
+        and then ``other``'s own."""
+        if other is self:
+            raise AqueueError("a Mux cannot include itself")
+        clash = sorted(set(self._entries) & set(other._entries))
+        if clash:
+            raise AqueueError(f"task name(s) {clash} are registered in both muxes")
+        for name, entry in other._entries.items():
+            self._add(name, _Entry(entry.handler, (self._middleware, *entry.chains)))
+
+    def _add(self, name: str, entry: _Entry) -> None:
+        if name in self._entries:
+            raise AqueueError(f"task name {name!r} is already registered")
+        self._entries[name] = entry
+        if name.endswith(":"):
+            self._prefixes.append(name)
+            self._prefixes.sort(key=len, reverse=True)
+
+    def resolve(self, task_type: str) -> _Entry | None:
+        """The entry serving ``task_type``: exact name first, then the longest pattern."""
+        entry = self._entries.get(task_type)
+        if entry is not None and not task_type.endswith(":"):
+            return entry
+        for prefix in self._prefixes:
+            if task_type.startswith(prefix):
+                return self._entries[prefix]
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, task_type: object) -> bool:
+        return isinstance(task_type, str) and self.resolve(task_type) is not None

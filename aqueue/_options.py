@@ -1,0 +1,128 @@
+"""Enqueue options: validation and resolution.
+
+An option comes from, in order of precedence: the ``enqueue``/``Job`` call, the
+handler's registration (when the task is enqueued through its handler), the Client's
+defaults. Everything is checked before any byte is written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._task import DEFAULT_MAX_RETRY, DEFAULT_QUEUE, DEFAULT_TIMEOUT, aware, check_queue_name
+from ._task import seconds as _seconds
+from ._task import to_ms
+from .errors import AqueueError
+
+OPTION_NAMES = frozenset(
+    {
+        "queue",
+        "max_retry",
+        "timeout",
+        "deadline",
+        "process_in",
+        "process_at",
+        "unique",
+        "task_id",
+        "retention",
+        "headers",
+    }
+)
+
+
+@dataclass(slots=True)
+class Resolved:
+    queue: str
+    max_retry: int
+    timeout: float  # seconds, 0 = none
+    deadline: int  # epoch ms, 0 = none
+    due: int  # epoch ms, 0 = now
+    unique: float  # seconds, 0 = no lock
+    task_id: str
+    retention: float
+    headers: dict[str, str] | None
+
+
+def check_options(opts: Mapping[str, Any], where: str) -> None:
+    """Validate every option present in ``opts``; raise naming the bad value."""
+    unknown = set(opts) - OPTION_NAMES
+    if unknown:
+        raise AqueueError(f"unknown option(s) {sorted(unknown)} for {where}")
+    for name, value in opts.items():
+        if value is None:
+            continue
+        if name == "queue":
+            check_queue_name(value)
+        elif name == "max_retry":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AqueueError(f"max_retry must be an int >= 0, got {value!r} ({where})")
+        elif name in ("timeout", "unique", "process_in", "retention"):
+            _seconds(value, f"{name} ({where})", allow_zero=name not in ("timeout", "unique"))
+        elif name in ("deadline", "process_at"):
+            aware(value, f"{name} ({where})")
+        elif name == "task_id":
+            if not isinstance(value, str) or not value or len(value) > 200 or "|" in value:
+                raise AqueueError(
+                    f"task_id must be a non-empty string of at most 200 characters "
+                    f"without '|', got {value!r} ({where})"
+                )
+        elif name == "headers":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise AqueueError(
+                    f"headers must be a mapping of str to str, got {value!r} ({where})"
+                )
+    if opts.get("process_in") is not None and opts.get("process_at") is not None:
+        raise AqueueError(f"give process_in or process_at, not both ({where})")
+
+
+def resolve(
+    explicit: Mapping[str, Any],
+    handler: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    now: int,
+) -> Resolved:
+    """Merge the three layers (explicit wins) into concrete values."""
+
+    def pick(name: str) -> Any:
+        for layer in (explicit, handler, defaults):
+            value = layer.get(name)
+            if value is not None:
+                return value
+        return None
+
+    # process_in and process_at are one choice: an explicit one replaces a default one.
+    timing = next(
+        (layer for layer in (explicit, handler, defaults)
+         if layer.get("process_in") is not None or layer.get("process_at") is not None),
+        {},
+    )
+    due = 0
+    if timing.get("process_at") is not None:
+        due = to_ms(aware(timing["process_at"], "process_at"))
+    elif timing.get("process_in") is not None:
+        due = now + int(_seconds(timing["process_in"], "process_in") * 1000)
+    if due <= now:
+        due = 0
+
+    timeout = pick("timeout")
+    deadline = pick("deadline")
+    if timeout is None and deadline is None:
+        timeout = DEFAULT_TIMEOUT
+    max_retry = pick("max_retry")
+    headers = pick("headers")
+    return Resolved(
+        queue=pick("queue") or DEFAULT_QUEUE,
+        max_retry=DEFAULT_MAX_RETRY if max_retry is None else max_retry,
+        timeout=_seconds(timeout, "timeout") if timeout is not None else 0.0,
+        deadline=to_ms(aware(deadline, "deadline")) if deadline is not None else 0,
+        due=due,
+        unique=_seconds(pick("unique"), "unique") if pick("unique") is not None else 0.0,
+        task_id=explicit.get("task_id") or uuid.uuid4().hex,
+        retention=_seconds(pick("retention"), "retention") if pick("retention") else 0.0,
+        headers=dict(headers) if headers else None,
+    )

@@ -1,0 +1,273 @@
+"""Running one claimed task: payload decoding, middleware, the timeout scope, and the
+decision of what the attempt's outcome is. No I/O happens here: the worker writes the
+outcome."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._codec import Body, decode_payload, decode_value, encode_value
+from ._mux import Context, Mux, ProgressSink, _Entry
+from ._task import TaskInfo, from_ms
+from .errors import Retry, Revoke, SkipRetry
+
+log = logging.getLogger("aqueue.worker")
+
+RetryDelay = Callable[[int, BaseException, TaskInfo], float]
+IsFailure = Callable[[BaseException], bool]
+OnError = Callable[[Context, BaseException], Any]
+
+
+def default_retry_delay(retry_count: int, error: BaseException, task: TaskInfo) -> float:
+    """``n**4 + 15 + random(0..30) * (n + 1)`` seconds, as in Sidekiq and Asynq."""
+    n = retry_count
+    return float(n**4 + 15 + random.randint(0, 30) * (n + 1))
+
+
+class Claimed:
+    """A task this worker holds under a lease, with the token that fences its writes."""
+
+    __slots__ = (
+        "body",
+        "digest",
+        "id",
+        "max_retry",
+        "queue",
+        "reason",
+        "retried",
+        "scope",
+        "token",
+    )
+
+    def __init__(
+        self, queue: str, id: str, token: str, max_retry: int, digest: str, body: Body, retried: int
+    ) -> None:
+        self.queue = queue
+        self.id = id
+        self.token = token
+        self.max_retry = max_retry
+        self.digest = digest
+        self.body = body
+        self.retried = retried
+        self.scope: anyio.CancelScope | None = None
+        # Why the worker cancelled the handler: "shutdown", "lost", "cancel" or None.
+        self.reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def info(self, state: str = "active") -> TaskInfo:
+        b = self.body
+        return TaskInfo(
+            id=self.id,
+            queue=self.queue,
+            type=b.type,
+            payload=decode_value(b.payload),
+            state=state,
+            max_retry=self.max_retry,
+            retried=self.retried,
+            timeout=b.timeout or None,
+            deadline=from_ms(b.deadline),
+            enqueued_at=from_ms(b.enqueued_at),
+            retention=b.retention,
+            headers=b.headers or {},
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to write for a finished attempt.
+
+    kind: "ack" (success), "retry" (counted), "again" (retry without counting: not a
+    failure per ``is_failure``), "archive", "revoke", "requeue" (shutdown: back to the
+    head of the queue, no attempt counted) or "drop" (lease lost: another worker
+    owns the task now, write nothing).
+    """
+
+    kind: str
+    result: bytes = b""
+    error: str = ""
+    delay: float = 0.0
+    exc: BaseException | None = None
+
+
+class Runner:
+    """Runs handlers for one worker; holds the worker's policies."""
+
+    def __init__(
+        self,
+        mux: Mux,
+        *,
+        retry_delay: RetryDelay | None,
+        is_failure: IsFailure | None,
+        on_error: OnError | None,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self.mux = mux
+        self.retry_delay = retry_delay or default_retry_delay
+        self.is_failure = is_failure
+        self.on_error = on_error
+        self.limiter = limiter
+
+    async def run(self, task: Claimed, progress: ProgressSink | None) -> Outcome:
+        body = task.body
+        entry = self.mux.resolve(body.type)
+        if entry is None:
+            # Retried, not archived: a newer worker may know this type.
+            known = ", ".join(self.mux.names) or "none"
+            exc: BaseException = LookupError(
+                f"no handler for task type {body.type!r} (this worker knows: {known})"
+            )
+            return await self._failed(task, exc, None)
+        now = time.time()
+        limit = body.timeout or math.inf
+        if body.deadline:
+            left = body.deadline / 1000 - now
+            if left <= 0:
+                return Outcome(
+                    "archive",
+                    error=f"deadline {from_ms(body.deadline)} passed before the task started",
+                )
+            limit = min(limit, left)
+        handler = entry.handler
+        payload: Any = None
+        if handler.takes_payload:
+            try:
+                payload = decode_payload(body.payload, handler.payload_type)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                tp = getattr(handler.payload_type, "__name__", handler.payload_type)
+                return Outcome("archive", error=f"invalid payload for {tp}: {e}")
+        ctx = Context(
+            task_id=task.id,
+            task_type=body.type,
+            queue=task.queue,
+            retry_count=task.retried,
+            max_retry=task.max_retry,
+            deadline=from_ms(int((now + limit) * 1000)) if limit != math.inf else None,
+            enqueued_at=from_ms(body.enqueued_at),
+            headers=body.headers or {},
+            progress=progress,
+        )
+        scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
+        task.scope = scope
+        try:
+            with scope:
+                result = await self._call(entry, ctx, payload)
+        except Revoke:
+            return Outcome("revoke")
+        except SkipRetry as e:
+            return Outcome("archive", error=_describe(e), exc=e)
+        except Retry as e:
+            return await self._failed(task, e, ctx, delay=e.delay)
+        except Exception as e:
+            if task.reason is not None:
+                return self._interrupted(task)
+            return await self._failed(task, e, ctx)
+        if scope.cancelled_caught or task.reason is not None:
+            if task.reason is not None:
+                return self._interrupted(task)
+            err = TimeoutError(f"task timed out after {limit:g} s")
+            if body.deadline and limit < (body.timeout or math.inf):
+                err = TimeoutError(f"task passed its deadline {from_ms(body.deadline)}")
+            return await self._failed(task, err, ctx)
+        if body.retention > 0 and result is not None:
+            try:
+                return Outcome("ack", result=encode_value(result))
+            except (TypeError, ValueError) as e:
+                return Outcome(
+                    "archive", error=f"the result {result!r:.80} cannot be encoded: {e}"
+                )
+        return Outcome("ack")
+
+    async def _call(self, entry: _Entry, ctx: Context, payload: Any) -> Any:
+        handler = entry.handler
+        fn = handler.fn
+        args = (ctx, payload) if handler.takes_payload else (ctx,)
+
+        async def call() -> Any:
+            if handler.is_async:
+                return await fn(*args)
+            return await anyio.to_thread.run_sync(
+                functools.partial(fn, *args), abandon_on_cancel=True, limiter=self.limiter
+            )
+
+        middleware = entry.middleware()
+        if not middleware:
+            return await call()
+
+        async def step(i: int) -> Any:
+            if i == len(middleware):
+                return await call()
+            return await middleware[i](ctx, lambda: step(i + 1))
+
+        return await step(0)
+
+    def _interrupted(self, task: Claimed) -> Outcome:
+        if task.reason == "shutdown":
+            return Outcome("requeue")
+        if task.reason == "cancel":
+            return Outcome("archive", error="cancelled")
+        return Outcome("drop")
+
+    async def _failed(
+        self, task: Claimed, exc: BaseException, ctx: Context | None, delay: float | None = None
+    ) -> Outcome:
+        error = _describe(exc)
+        if ctx is not None and self.on_error is not None:
+            await self._call_on_error(ctx, exc)
+        benign = not isinstance(exc, Retry) and self.is_failure is not None and not _safe(
+            self.is_failure, exc
+        )
+        if benign:
+            # is_failure said no: try again without spending a retry.
+            return Outcome("again", error=error, delay=self._delay(task, exc, delay), exc=exc)
+        if task.retried >= task.max_retry:
+            return Outcome("archive", error=error, exc=exc)
+        return Outcome("retry", error=error, delay=self._delay(task, exc, delay), exc=exc)
+
+    def _delay(self, task: Claimed, exc: BaseException, delay: float | None) -> float:
+        if delay is not None:
+            return delay
+        try:
+            return max(0.0, float(self.retry_delay(task.retried, exc, task.info("retry"))))
+        except Exception:
+            log.exception("retry_delay raised for task %s; using the default delay", task.id)
+            return default_retry_delay(task.retried, exc, task.info("retry"))
+
+    async def _call_on_error(self, ctx: Context, exc: BaseException) -> None:
+        on_error = self.on_error
+        assert on_error is not None
+        try:
+            outcome = on_error(ctx, exc)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("on_error raised while handling task %s", ctx.task_id)
+
+
+def _safe(fn: IsFailure, exc: BaseException) -> bool:
+    try:
+        return bool(fn(exc))
+    except Exception:
+        log.exception("is_failure raised; counting the error as a failure")
+        return True
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,55 @@
+-- claim: move up to N pending tasks of one queue into a worker's lease list and mark
+-- each active under a fresh fencing token.
+--
+-- KEYS[1] pending    LIST
+-- KEYS[2] lease      LIST  this worker's lease list for this queue
+-- KEYS[3] tasks      HASH  id -> message
+-- KEYS[4] states     HASH  id -> state
+-- KEYS[5] paused     STRING exists while the queue is paused
+-- KEYS[6] leases     ZSET  worker id -> lease expiry (ms)
+-- KEYS[7] retried    HASH  id -> retry count
+-- ARGV[1] N (max tasks to claim)
+-- ARGV[2] worker id
+-- ARGV[3] first sequence number for tokens (token = worker id .. "." .. seq)
+-- ARGV[4] now (ms)
+-- ARGV[5] id already moved by BLMOVE into the lease list ("" = none)
+--
+-- Returns -1 when the queue is paused, -2 when this worker holds no live lease (it must
+-- re-register before claiming, so that a crash now would be noticed by a reaper),
+-- else a flat array: id, token, message, retried, ... for each claimed task.
+local wid, seq, now = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local moved = ARGV[5]
+local lease_exp = tonumber(redis.call('ZSCORE', KEYS[6], wid) or '0')
+if lease_exp <= now or redis.call('EXISTS', KEYS[5]) == 1 then
+  if moved ~= '' then
+    -- A blocking move raced with a pause or a lost lease: give the task back to the
+    -- head of its queue, untouched, so nothing is held without a live lease.
+    redis.call('LREM', KEYS[2], 1, moved)
+    redis.call('RPUSH', KEYS[1], moved)
+  end
+  if lease_exp <= now then return -2 end
+  return -1
+end
+local out = {}
+local function take(id)
+  local msg = redis.call('HGET', KEYS[3], id)
+  if not msg then
+    -- The task was deleted while it waited: drop the dangling id.
+    redis.call('LREM', KEYS[2], 1, id)
+    return
+  end
+  local token = wid .. '.' .. seq
+  seq = seq + 1
+  redis.call('HSET', KEYS[4], id, '@' .. token)
+  out[#out + 1] = id
+  out[#out + 1] = token
+  out[#out + 1] = msg
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[7], id) or '0')
+end
+if moved ~= '' then take(moved) end
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not id then break end
+  take(id)
+end
+return out

@@ -1,0 +1,51 @@
+-- enqueue: write one or more new tasks of one queue.
+--
+-- KEYS[1] pending    LIST  ids waiting to run (claimed from the RIGHT, new ids LPUSHed)
+-- KEYS[2] scheduled  ZSET  id -> due time (ms)
+-- KEYS[3] tasks      HASH  id -> "<max_retry>|<unique digest>|<msgpack body>" (_codec)
+-- KEYS[4] states     HASH  id -> state ("pending", "scheduled", "@<token>" when active, ...)
+-- KEYS[5] uniq       HASH  unique digest -> id holding the lock
+-- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)
+-- ARGV[1] now (ms)
+-- ARGV[2..] groups of 5: id, message, due (ms, 0 = now), unique digest ("" = none),
+--          unique ttl (ms)
+--
+-- Returns one reply per task: "ok", {"conflict", state} or {"dup", holder id}.
+-- A task is checked and written as a unit, so a refused task writes nothing; the
+-- tasks of one call are independent (one refusal does not undo the others).
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 5 do
+  local id, msg, due, digest = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local state = redis.call('HGET', KEYS[4], id)
+  if state then
+    out[#out + 1] = {'conflict', state}
+  else
+    local holder = false
+    if digest ~= '' then
+      holder = redis.call('HGET', KEYS[5], digest)
+      if holder then
+        local exp = tonumber(redis.call('ZSCORE', KEYS[6], digest) or '0')
+        if exp <= now then holder = false end
+      end
+    end
+    if holder then
+      out[#out + 1] = {'dup', holder}
+    else
+      if digest ~= '' then
+        redis.call('HSET', KEYS[5], digest, id)
+        redis.call('ZADD', KEYS[6], now + tonumber(ARGV[i + 4]), digest)
+      end
+      redis.call('HSET', KEYS[3], id, msg)
+      if due > now then
+        redis.call('HSET', KEYS[4], id, 'scheduled')
+        redis.call('ZADD', KEYS[2], due, id)
+      else
+        redis.call('HSET', KEYS[4], id, 'pending')
+        redis.call('LPUSH', KEYS[1], id)
+      end
+      out[#out + 1] = 'ok'
+    end
+  end
+end
+return out

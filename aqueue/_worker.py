@@ -1,0 +1,572 @@
+"""The consumer side: ``Worker`` claims tasks into its lease, runs them, writes outcomes.
+
+Claiming has two modes. While a queue has a backlog, the worker claims batches with a
+non-blocking script (up to its free slots, split across queues by weight). When every
+queue came back dry, it blocks on BLMOVE, one blocking connection per queue, each
+holding one reserved slot, so an idle worker wakes within milliseconds of an enqueue
+without polling. Either way a claimed id sits in this worker's lease list before
+anything else happens, so a crash at any point leaves it where a reaper finds it.
+
+Successful attempts are acked in batches by one writer coroutine; a slot is freed only
+once its ack is written, so the worker never holds more claimed tasks than slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import redis.asyncio as aioredis
+
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
+from ._codec import decode_message, encode_value
+from ._keys import QueueKeys, queue_keys
+from ._lease import LeaseKeeper, today
+from ._mux import Mux
+from ._runner import Claimed, IsFailure, OnError, Outcome, RetryDelay, Runner
+from ._task import check_queue_name, seconds
+from .errors import AqueueError, BrokerUnavailable
+
+log = logging.getLogger("aqueue.worker")
+
+# How long one BLMOVE blocks before the worker re-checks pauses and shutdown.
+BLOCK_SECONDS = 1.0
+MAX_BACKOFF = 5.0
+
+
+class Worker:
+    """Runs handlers of a ``Mux`` for a set of queues, inside the caller's event loop.
+
+    ``await worker.run()`` serves until SIGTERM/SIGINT (in the main thread) or until
+    cancelled; ``async with worker:`` serves in the background of the block, e.g. in
+    a web application's lifespan, and shuts down gracefully on exit.
+    """
+
+    def __init__(
+        self,
+        mux: Mux,
+        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        *,
+        concurrency: int = 10,
+        queues: Mapping[str, int | float] | Sequence[str] | None = None,
+        strict_priority: bool = False,
+        shutdown_timeout: float = 10,
+        lease_ttl: float = 30,
+        retry_delay: RetryDelay | None = None,
+        is_failure: IsFailure | None = None,
+        on_error: OnError | None = None,
+        scheduler: bool = True,
+        timeout: float = 5.0,
+        batch_size: int = 100,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if not isinstance(mux, Mux):
+            raise AqueueError(f"Worker needs a Mux, got {mux!r}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise AqueueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise AqueueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.mux = mux
+        self.queues = _weights(queues)
+        self.concurrency = concurrency
+        self.strict_priority = strict_priority
+        self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
+        self.lease_ttl = seconds(lease_ttl, "lease_ttl", allow_zero=False)
+        self.scheduler = scheduler
+        self.batch_size = batch_size
+        self.id = uuid.uuid4().hex[:16]
+        # Blocking claims hold a connection for BLOCK_SECONDS: reads may take that long.
+        self._broker = Broker(
+            url_or_redis, timeout=timeout, prefix=prefix, socket_timeout=timeout + BLOCK_SECONDS + 1
+        )
+        self._keys: dict[str, QueueKeys] = {q: queue_keys(prefix, q) for q in self.queues}
+        self._lease: dict[str, str] = {q: k.lease(self.id) for q, k in self._keys.items()}
+        # Claim order for blocking and strict priority: heaviest first.
+        self._order = sorted(self.queues, key=lambda q: -self.queues[q])
+        self._runner = Runner(
+            mux,
+            retry_delay=retry_delay,
+            is_failure=is_failure,
+            on_error=on_error,
+            limiter=anyio.CapacityLimiter(concurrency),
+        )
+        self._leases = LeaseKeeper(self)
+        self._outer: anyio.abc.TaskGroup | None = None
+        self._running = False
+
+    # -- public lifecycle ------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (when run in the main thread) or cancellation."""
+        async with anyio.create_task_group() as tg:
+            if threading.current_thread() is threading.main_thread():
+                tg.start_soon(self._watch_signals)
+            try:
+                await self._serve()
+            finally:
+                tg.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown: stop claiming, let handlers finish within
+        ``shutdown_timeout``, then cancel them and return their tasks to the queue."""
+        self._stopping = True
+        if self._running:
+            self._claim_scope.cancel()
+            self._wake_dispatcher()
+
+    async def __aenter__(self) -> Worker:
+        self._outer = anyio.create_task_group()
+        await self._outer.__aenter__()
+        try:
+            await self._outer.start(self._serve)
+        except BaseException as exc:
+            await self._outer.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._outer is not None
+        self.stop()
+        await self._outer.__aexit__(None, None, None)
+        self._outer = None
+
+    # -- serving -----------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._stopping = False
+        self._free = self.concurrency
+        self._held: dict[tuple[str, str], Claimed] = {}
+        self._acks: dict[str, list[tuple[Claimed, bytes]]] = {}
+        self._requeue: dict[str, list[Claimed]] = {}
+        self._seq = 0
+        self._paused_until: dict[str, float] = {}
+        self._blocking: set[str] = set()
+        self._slot_event = anyio.Event()
+        self._claim_event = anyio.Event()
+        self._ack_event = anyio.Event()
+        self._idle_event = anyio.Event()
+        self._claim_scope = anyio.CancelScope()
+        self._down_since: float | None = None
+
+    async def _serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._running:
+            raise AqueueError("this Worker is already running")
+        self._init_state()
+        self._running = True
+        try:
+            await self._leases.start()
+            log.info(
+                "worker %s serving queues %s with concurrency %d",
+                self.id,
+                dict(self.queues),
+                self.concurrency,
+            )
+            task_status.started()
+            async with anyio.create_task_group() as background:
+                background.start_soon(self._leases.heartbeat_loop)
+                background.start_soon(self._leases.reaper_loop)
+                background.start_soon(self._leases.forward_loop)
+                background.start_soon(self._ack_loop)
+                async with anyio.create_task_group() as handlers:
+                    self._handlers = handlers
+                    with self._claim_scope:
+                        async with anyio.create_task_group() as blockers:
+                            self._blockers = blockers
+                            await self._dispatch()
+                    await self._drain()
+                await self._finish()
+                background.cancel_scope.cancel()
+        finally:
+            self._running = False
+            await self._broker.close()
+        log.info("worker %s stopped", self.id)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stopping:
+                    log.warning("second signal: cancelling running handlers now")
+                    self.shutdown_timeout = 0
+                    self._cancel_all("shutdown")
+                else:
+                    log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                    self.stop()
+
+    async def _drain(self) -> None:
+        """Give running handlers ``shutdown_timeout``, then cancel the rest."""
+        if self._held:
+            with anyio.move_on_after(self.shutdown_timeout):
+                while self._held:
+                    await self._idle_event.wait()
+            self._cancel_all("shutdown")
+
+    async def _finish(self) -> None:
+        """Write the last acks, put shutdown-cancelled tasks back at the head of their
+        queues, and release the lease. Shielded: an outer cancellation must not lose
+        these writes (bounded by the broker timeout instead)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._broker.timeout * 2):
+            try:
+                await self._flush_acks()
+                calls: list[Call] = []
+                for q, k in self._keys.items():
+                    args: list[Any] = [1, self.id]
+                    for c in self._requeue.get(q, []):
+                        args += [c.id, c.token]
+                    calls.append(
+                        (SCRIPTS.requeue, (self._lease[q], k.pending, k.states, k.leases), args)
+                    )
+                replies = await self._broker.run(lambda: self._broker.scripts(calls))
+                back = sum(int(r) for r in replies)
+                if back:
+                    log.info("returned %d unfinished task(s) to their queues", back)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "could not release the lease at shutdown (%s); the reaper will return "
+                    "its tasks after lease_ttl",
+                    exc,
+                )
+
+    def _cancel_all(self, reason: str) -> None:
+        for c in list(self._held.values()):
+            c.cancel(reason)
+
+    def _cancel_queue(self, queue: str, reason: str) -> int:
+        held = [c for c in self._held.values() if c.queue == queue]
+        for c in held:
+            c.cancel(reason)
+        return len(held)
+
+    # -- slots -------------------------------------------------------------------------
+
+    def _release(self, n: int) -> None:
+        if n:
+            self._free += n
+            self._slot_event.set()
+            self._slot_event = anyio.Event()
+
+    def _wake_dispatcher(self) -> None:
+        self._slot_event.set()
+        self._slot_event = anyio.Event()
+        self._claim_event.set()
+        self._claim_event = anyio.Event()
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            if self._free <= 0:
+                event = self._slot_event
+                if self._free <= 0:
+                    await event.wait()
+                continue
+            if await self._claim_burst():
+                continue
+            await self._claim_blocking()
+
+    def _available(self) -> list[str]:
+        now = time.monotonic()
+        return [q for q in self._order if self._paused_until.get(q, 0.0) <= now]
+
+    async def _claim_burst(self) -> bool:
+        """Claim without blocking until slots are full or every queue is dry."""
+        dry: set[str] = set()
+        claimed = False
+        while not self._stopping and self._free > 0:
+            candidates = [q for q in self._available() if q not in dry]
+            if not candidates:
+                break
+            n = min(self._free, self.batch_size)
+            if self.strict_priority or len(candidates) == 1:
+                plan = {candidates[0]: n}
+            else:
+                weights = [self.queues[q] for q in candidates]
+                plan = dict(Counter(random.choices(candidates, weights=weights, k=n)))
+            got = await self._claim(plan)
+            for q, asked in plan.items():
+                if got.get(q, 0) < asked:
+                    dry.add(q)
+            claimed = claimed or sum(got.values()) > 0
+        return claimed
+
+    async def _claim(self, plan: Mapping[str, int], moved: str = "") -> dict[str, int]:
+        """Run the claim script for each queue of ``plan`` in one round trip.
+
+        The slots are taken before the call and the unused ones given back after, so a
+        concurrent claim can never overshoot the concurrency limit.
+        """
+        now = int(time.time() * 1000)
+        calls: list[Call] = []
+        for q, n in plan.items():
+            k = self._keys[q]
+            keys = (k.pending, self._lease[q], k.tasks, k.states, k.paused, k.leases, k.retried)
+            calls.append((SCRIPTS.claim, keys, [n, self.id, self._seq, now, moved]))
+            self._seq += n + 1
+        if not moved:
+            self._free -= sum(plan.values())
+        try:
+            replies = await self._broker.run(lambda: self._broker.scripts(calls))
+        except BrokerUnavailable as exc:
+            self._release(sum(plan.values()) if not moved else 0)
+            await self._outage(exc)
+            return {}
+        self._recovered()
+        got: dict[str, int] = {}
+        lost = False
+        for (q, n), reply in zip(plan.items(), replies, strict=True):
+            count = 0
+            if reply == -1:
+                self._paused_until[q] = time.monotonic() + BLOCK_SECONDS
+            elif reply == -2:
+                lost = True
+            else:
+                for i in range(0, len(reply), 4):
+                    self._start(q, reply[i : i + 4])
+                    count += 1
+            got[q] = count
+            if not moved:
+                self._release(max(0, n - count))
+        if lost:
+            # Our lease had expired (or the server lost its data): renew before claiming
+            # again, so that everything we hold is covered by a live lease.
+            await self._leases.renew()
+        return got
+
+    async def _claim_blocking(self) -> None:
+        """Block on every available queue at once, one reserved slot each."""
+        queues = [q for q in self._available() if q not in self._blocking]
+        for q in queues[: self._free]:
+            self._free -= 1
+            self._blocking.add(q)
+            self._blockers.start_soon(self._block_on, q)
+        event = self._claim_event
+        if not self._blocking:
+            # Everything is paused: look again when the first pause check is due.
+            wait = min(self._paused_until.values(), default=time.monotonic()) - time.monotonic()
+            with anyio.move_on_after(max(wait, 0.05)):
+                await event.wait()
+            return
+        await event.wait()
+
+    async def _block_on(self, q: str) -> None:
+        k = self._keys[q]
+        got = 0
+        try:
+            try:
+                moved = await self._broker.run(
+                    lambda: self._broker.redis.blmove(
+                        k.pending, self._lease[q], BLOCK_SECONDS, "RIGHT", "LEFT"
+                    ),
+                    timeout=self._broker.timeout + BLOCK_SECONDS,
+                )
+            except BrokerUnavailable as exc:
+                await self._outage(exc)
+                moved = None
+            if moved is not None:
+                got = (await self._claim({q: 0}, moved=moved.decode())).get(q, 0)
+        finally:
+            if not got:
+                self._release(1)  # the slot reserved for this blocker
+            self._blocking.discard(q)
+            self._claim_event.set()
+            self._claim_event = anyio.Event()
+
+    def _start(self, queue: str, item: list[Any]) -> None:
+        raw_id, raw_token, message, retried = item
+        max_retry, digest, body = decode_message(message)
+        c = Claimed(
+            queue, raw_id.decode(), raw_token.decode(), max_retry, digest, body, int(retried)
+        )
+        self._held[(queue, c.id)] = c
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1)
+        self._handlers.start_soon(self._handle, c)
+
+    # -- running and recording outcomes ------------------------------------------------
+
+    async def _handle(self, c: Claimed) -> None:
+        k = self._keys[c.queue]
+
+        async def progress(value: Any) -> None:
+            data = encode_value(value)
+            await self._broker.run(lambda: self._broker.redis.hset(k.progress, c.id, data))  # type: ignore[misc]
+
+        outcome = await self._runner.run(c, progress)
+        await self._record(c, outcome)
+
+    async def _record(self, c: Claimed, outcome: Outcome) -> None:
+        kind = outcome.kind
+        if kind == "ack":
+            self._acks.setdefault(c.queue, []).append((c, outcome.result))
+            self._ack_event.set()
+            return
+        if kind == "requeue":
+            self._requeue.setdefault(c.queue, []).append(c)
+            self._forget(c)
+            return
+        if kind == "drop":
+            log.warning(
+                "task %s (%s) on %s: lease lost, handler cancelled; another worker owns it now",
+                c.id,
+                c.body.type,
+                c.queue,
+            )
+            self._forget(c)
+            return
+        try:
+            await self._write_failure(c, outcome)
+        finally:
+            self._forget(c)
+
+    async def _write_failure(self, c: Claimed, o: Outcome) -> None:
+        k = self._keys[c.queue]
+        now = int(time.time() * 1000)
+        due = now + int(o.delay * 1000)
+        keys = (
+            self._lease[c.queue], k.pending, k.tasks, k.states, k.retry, k.archived, k.uniq,
+            k.uniq_exp, k.stats, k.retried, k.errors, k.failed_at, k.progress, k.results,
+        )  # fmt: skip
+        counted = "0" if o.kind in ("revoke", "again") else "1"
+        args = [now, today(), c.id, c.token, o.kind, due, o.error[:4000], c.digest, counted]
+        ok = await self._persist(lambda: self._broker.script(SCRIPTS.fail, keys, args))
+        if not ok:
+            log.warning(
+                "task %s (%s) on %s: late %s discarded, the task is no longer ours",
+                c.id, c.body.type, c.queue, o.kind,
+            )  # fmt: skip
+            return
+        if o.kind == "revoke":
+            log.info("task %s (%s) on %s: revoked", c.id, c.body.type, c.queue)
+            return
+        attempt = c.retried + 1
+        where = "archived" if o.kind == "archive" else f"retry in {o.delay:.1f} s"
+        log.warning(
+            "task %s (%s) on %s failed, attempt %d of %d, %s: %s",
+            c.id, c.body.type, c.queue, attempt, c.max_retry + 1, where, o.error,
+        )  # fmt: skip
+        if o.kind in ("retry", "again"):
+            self._leases.wake_forwarder(due)
+
+    def _forget(self, c: Claimed, slots: int = 1) -> None:
+        self._held.pop((c.queue, c.id), None)
+        self._release(slots)
+        if not self._held:
+            self._idle_event.set()
+            self._idle_event = anyio.Event()
+
+    async def _ack_loop(self) -> None:
+        while True:
+            event = self._ack_event
+            if not self._acks:
+                await event.wait()
+            self._ack_event = anyio.Event()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        batch, self._acks = self._acks, {}
+        if not batch:
+            return
+        now = int(time.time() * 1000)
+        day = today()
+        calls: list[Call] = []
+        for q, items in batch.items():
+            k = self._keys[q]
+            keys = (
+                self._lease[q], k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
+                k.stats, k.retried, k.errors, k.failed_at, k.progress,
+            )  # fmt: skip
+            args: list[Any] = [now, day]
+            for c, result in items:
+                args += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
+            calls.append((SCRIPTS.ack, keys, args))
+        try:
+            replies = await self._persist(lambda: self._broker.scripts(calls))
+        except BrokerUnavailable as exc:
+            log.error(
+                "could not write %d ack(s) before the lease expired (%s); those tasks will "
+                "run again once the reaper returns them",
+                sum(len(v) for v in batch.values()),
+                exc,
+            )
+            replies = [[] for _ in batch]
+        for (q, items), stale in zip(batch.items(), replies, strict=True):
+            for sid in stale:
+                log.warning("task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), q)
+            for c, _ in items:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("task %s (%s) on %s: completed", c.id, c.body.type, q)
+                self._forget(c)
+
+    async def _persist(self, fn: Any) -> Any:
+        """Write an outcome, retrying connection failures with backoff for as long as
+        the lease is still ours; after that the reaper owns the task."""
+        delay = 0.05
+        while True:
+            try:
+                result = await self._broker.run(fn)
+                self._recovered()
+                return result
+            except BrokerUnavailable as exc:
+                if time.monotonic() + delay > self._leases.valid_until:
+                    raise
+                await self._outage(exc, sleep=delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    # -- outages -----------------------------------------------------------------------
+
+    async def _outage(self, exc: BaseException, sleep: float | None = None) -> None:
+        """Log once per outage, then back off (capped) before the caller tries again."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self._backoff = 0.1
+            log.warning("lost the server (%s); retrying with backoff up to %g s", exc, MAX_BACKOFF)
+        else:
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        await anyio.sleep(self._backoff if sleep is None else sleep)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning("server reachable again after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None
+
+
+def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[str, float]:
+    if queues is None:
+        return {"default": 1.0}
+    if isinstance(queues, str):
+        raise AqueueError(f"queues must be a mapping of name to weight or a list, got {queues!r}")
+    if isinstance(queues, Mapping):
+        items = list(queues.items())
+    else:
+        items = [(q, 1) for q in queues]
+    if not items:
+        raise AqueueError("queues must name at least one queue")
+    out: dict[str, float] = {}
+    for name, weight in items:
+        check_queue_name(name)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise AqueueError(f"weight of queue {name!r} must be a number > 0, got {weight!r}")
+        out[name] = float(weight)
+    return out
+
