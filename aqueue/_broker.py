@@ -86,9 +86,7 @@ def check_url(url: str) -> str:
             f"redis.asyncio client instead (got {redacted(url)!r})"
         )
     if scheme not in _SCHEMES:
-        raise AqueueError(
-            f"unsupported URL {redacted(url)!r}: use redis://, rediss:// or unix://"
-        )
+        raise AqueueError(f"unsupported URL {redacted(url)!r}: use redis://, rediss:// or unix://")
     return url
 
 
@@ -158,12 +156,14 @@ class Broker:
         """Run one script (no timeout mapping: wrap in ``run`` for that)."""
         r = self.redis
         try:
-            return await r.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await r.evalsha(script.sha, len(keys), *keys, *args)
         except rexc.NoScriptError:
-            await r.script_load(script.source)  # type: ignore[no-untyped-call]
-            return await r.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            await r.script_load(script.source)
+            return await r.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def scripts(self, calls: Sequence[Call], extra: Sequence[Sequence[Any]] = ()) -> list[Any]:
+    async def scripts(
+        self, calls: Sequence[Call], extra: Sequence[Sequence[Any]] = ()
+    ) -> list[Any]:
         """Run several scripts (and plain commands in ``extra``) in one round trip.
 
         Returns the scripts' replies in order, then the extra commands' replies. A reply
@@ -180,7 +180,7 @@ class Broker:
         missing = [i for i, rep in enumerate(replies[: len(calls)]) if _is_noscript(rep)]
         if missing:
             for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
-                await r.script_load(script.source)  # type: ignore[no-untyped-call]
+                await r.script_load(script.source)
             pipe = r.pipeline(transaction=False)
             for i in missing:
                 script, keys, args = calls[i]

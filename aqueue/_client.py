@@ -5,13 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 import redis.asyncio as aioredis
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
-from ._codec import Body, decoder_for, encode_message, encode_payload, unique_digest
+from ._codec import (
+    Body,
+    decode_value,
+    decoder_for,
+    encode_message,
+    encode_payload,
+    unique_digest,
+)
 from ._keys import queue_keys, queues_key
 from ._mux import Handler
 from ._options import Resolved, check_options, resolve
@@ -45,10 +52,12 @@ class Job(Generic[P]):
 
 
 class _Prepared:
-    __slots__ = ("args", "opts", "payload", "type")
+    __slots__ = ("args", "data", "now", "opts", "type")
 
-    def __init__(self, task_type: str, payload: Any, opts: Resolved, args: list[Any]) -> None:
-        self.type, self.payload, self.opts, self.args = task_type, payload, opts, args
+    def __init__(
+        self, task_type: str, data: bytes, opts: Resolved, args: list[Any], now: int
+    ) -> None:
+        self.type, self.data, self.opts, self.args, self.now = task_type, data, opts, args, now
 
 
 class Client:
@@ -69,7 +78,9 @@ class Client:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if not isinstance(max_payload_bytes, int) or max_payload_bytes <= 0:
-            raise AqueueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+            raise AqueueError(
+                f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}"
+            )
         self._defaults = dict(defaults or {})
         check_options(self._defaults, "Client defaults")
         if "task_id" in self._defaults:
@@ -83,7 +94,9 @@ class Client:
         return self._broker
 
     @overload
-    async def enqueue(self, task: Handler[P, Any], payload: P = ..., **options: Any) -> TaskInfo: ...
+    async def enqueue(
+        self, task: Handler[P, Any], payload: P = ..., **options: Any
+    ) -> TaskInfo: ...
     @overload
     async def enqueue(self, task: str, payload: Any = None, **options: Any) -> TaskInfo: ...
     async def enqueue(
@@ -101,8 +114,17 @@ class Client:
         result = infos[0]
         if isinstance(result, AqueueError):
             raise result
+        assert isinstance(result, TaskInfo)
         return result
 
+    @overload
+    async def enqueue_many(
+        self, jobs: Iterable[Job[Any]], *, return_exceptions: Literal[False] = ...
+    ) -> list[TaskInfo]: ...
+    @overload
+    async def enqueue_many(
+        self, jobs: Iterable[Job[Any]], *, return_exceptions: Literal[True]
+    ) -> list[TaskInfo | AqueueError]: ...
     async def enqueue_many(
         self, jobs: Iterable[Job[Any]], *, return_exceptions: bool = False
     ) -> list[TaskInfo] | list[TaskInfo | AqueueError]:
@@ -133,7 +155,7 @@ class Client:
         if isinstance(task, Handler):
             task_type, handler_opts = task.name, task.options
         elif isinstance(task, str) and task:
-            task_type, handler_opts, handler = task, {}, None
+            task_type, handler_opts = task, {}
         else:
             raise AqueueError(f"task must be a Handler or a non-empty type name, got {task!r}")
         opts = resolve(options, handler_opts, self._defaults, now)
@@ -152,7 +174,7 @@ class Client:
         )
         message = encode_message(opts.max_retry, digest, body)
         args = [opts.task_id, message, opts.due, digest, int(opts.unique * 1000)]
-        return _Prepared(task_type, payload, opts, args)
+        return _Prepared(task_type, data, opts, args, now)
 
     async def _write(self, prepared: list[_Prepared], now: int) -> list[Any]:
         prefix = self._broker.prefix
@@ -234,13 +256,13 @@ def _info_or_error(p: _Prepared, reply: Any) -> TaskInfo | AqueueError:
         id=o.task_id,
         queue=o.queue,
         type=p.type,
-        payload=p.payload,
+        payload=decode_value(p.data),
         state=State.SCHEDULED.value if o.due else State.PENDING.value,
         max_retry=o.max_retry,
         timeout=o.timeout or None,
         deadline=from_ms(o.deadline),
         next_process_at=from_ms(o.due),
-        enqueued_at=from_ms(_now_ms()),
+        enqueued_at=from_ms(p.now),
         retention=o.retention,
         headers=o.headers or {},
     )

@@ -36,6 +36,8 @@ from functools import lru_cache
 
 
 class QueueKeys:
+    """The names of one queue's keys."""
+
     __slots__ = (
         "archived",
         "base",
@@ -58,10 +60,24 @@ class QueueKeys:
     )
 
     def __init__(self, prefix: str, queue: str) -> None:
-        self.base = f"{prefix}:{{{queue}}}:"
-        for name in self.__slots__:
-            if name != "base":
-                setattr(self, name, self.base + name)
+        b = self.base = f"{prefix}:{{{queue}}}:"
+        self.pending = b + "pending"
+        self.leases = b + "leases"
+        self.tasks = b + "tasks"
+        self.states = b + "states"
+        self.scheduled = b + "scheduled"
+        self.retry = b + "retry"
+        self.archived = b + "archived"
+        self.completed = b + "completed"
+        self.results = b + "results"
+        self.retried = b + "retried"
+        self.errors = b + "errors"
+        self.failed_at = b + "failed_at"
+        self.progress = b + "progress"
+        self.uniq = b + "uniq"
+        self.uniq_exp = b + "uniq_exp"
+        self.paused = b + "paused"
+        self.stats = b + "stats"
 
     def lease(self, worker_id: str) -> str:
         return f"{self.base}l:{worker_id}"

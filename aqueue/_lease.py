@@ -13,6 +13,7 @@ run from any number of workers at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -54,8 +55,8 @@ class LeaseKeeper:
         server, register the queues and take the lease, warn about risky settings."""
         w = self.w
         broker = w.broker
-        await broker.run(lambda: broker.redis.ping())  # type: ignore[misc]
-        await broker.run(lambda: broker.redis.sadd(queues_key(broker.prefix), *w.queues))  # type: ignore[misc]
+        await broker.run(lambda: broker.redis.ping())
+        await broker.run(lambda: broker.redis.sadd(queues_key(broker.prefix), *w.queues))
         await self.renew()
         await self._boot_checks()
 
@@ -66,7 +67,9 @@ class LeaseKeeper:
                 lambda: broker.redis.config_get("maxmemory-policy")
             )
             policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy")))
-            persist: dict[Any, Any] = await broker.run(lambda: broker.redis.config_get("appendonly"))
+            persist: dict[Any, Any] = await broker.run(
+                lambda: broker.redis.config_get("appendonly")
+            )
             aof = _text(persist.get(b"appendonly", persist.get("appendonly")))
             save: dict[Any, Any] = await broker.run(lambda: broker.redis.config_get("save"))
             rdb = _text(save.get(b"save", save.get("save")))
@@ -183,7 +186,7 @@ class LeaseKeeper:
                 for k in w._keys.values()
             ]
             try:
-                replies = await broker.run(lambda: broker.scripts(calls))
+                replies = await broker.run(functools.partial(broker.scripts, calls))
             except BrokerUnavailable as exc:
                 await w._outage(exc)
                 continue

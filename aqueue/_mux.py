@@ -102,11 +102,13 @@ def _payload_type(name: str, fn: Callable[..., Any]) -> Any:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as exc:
         raise AqueueError(f"handler for {name!r} is not a function: {fn!r}") from exc
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) not in (1, 2) or len(positional) != len(
-        [p for p in params if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        [
+            p
+            for p in params
+            if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     ):
         raise AqueueError(
             f"handler for {name!r} must take (ctx) or (ctx, payload), "

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._task import DEFAULT_MAX_RETRY, DEFAULT_QUEUE, DEFAULT_TIMEOUT, aware, check_queue_name
+from ._task import DEFAULT_MAX_RETRY, DEFAULT_QUEUE, DEFAULT_TIMEOUT, aware, check_queue_name, to_ms
 from ._task import seconds as _seconds
-from ._task import to_ms
 from .errors import AqueueError
 
 OPTION_NAMES = frozenset(
@@ -69,13 +68,8 @@ def check_options(opts: Mapping[str, Any], where: str) -> None:
                     f"task_id must be a non-empty string of at most 200 characters "
                     f"without '|', got {value!r} ({where})"
                 )
-        elif name == "headers":
-            if not isinstance(value, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise AqueueError(
-                    f"headers must be a mapping of str to str, got {value!r} ({where})"
-                )
+        elif name == "headers" and not _str_map(value):
+            raise AqueueError(f"headers must be a mapping of str to str, got {value!r} ({where})")
     if opts.get("process_in") is not None and opts.get("process_at") is not None:
         raise AqueueError(f"give process_in or process_at, not both ({where})")
 
@@ -97,8 +91,11 @@ def resolve(
 
     # process_in and process_at are one choice: an explicit one replaces a default one.
     timing = next(
-        (layer for layer in (explicit, handler, defaults)
-         if layer.get("process_in") is not None or layer.get("process_at") is not None),
+        (
+            layer
+            for layer in (explicit, handler, defaults)
+            if layer.get("process_in") is not None or layer.get("process_at") is not None
+        ),
         {},
     )
     due = 0
@@ -125,4 +122,10 @@ def resolve(
         task_id=explicit.get("task_id") or uuid.uuid4().hex,
         retention=_seconds(pick("retention"), "retention") if pick("retention") else 0.0,
         headers=dict(headers) if headers else None,
+    )
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     )

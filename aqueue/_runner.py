@@ -188,9 +188,7 @@ class Runner:
             try:
                 return Outcome("ack", result=encode_value(result))
             except (TypeError, ValueError) as e:
-                return Outcome(
-                    "archive", error=f"the result {result!r:.80} cannot be encoded: {e}"
-                )
+                return Outcome("archive", error=f"the result {result!r:.80} cannot be encoded: {e}")
         return Outcome("ack")
 
     async def _call(self, entry: _Entry, ctx: Context, payload: Any) -> Any:
@@ -229,8 +227,10 @@ class Runner:
         error = _describe(exc)
         if ctx is not None and self.on_error is not None:
             await self._call_on_error(ctx, exc)
-        benign = not isinstance(exc, Retry) and self.is_failure is not None and not _safe(
-            self.is_failure, exc
+        benign = (
+            not isinstance(exc, Retry)
+            and self.is_failure is not None
+            and not _safe(self.is_failure, exc)
         )
         if benign:
             # is_failure said no: try again without spending a retry.

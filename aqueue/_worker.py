@@ -77,6 +77,14 @@ class Worker:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise AqueueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.mux = mux
+        self.url_or_redis = url_or_redis
+        self.options: dict[str, Any] = {
+            "concurrency": concurrency, "queues": queues, "strict_priority": strict_priority,
+            "shutdown_timeout": shutdown_timeout, "lease_ttl": lease_ttl,
+            "retry_delay": retry_delay, "is_failure": is_failure, "on_error": on_error,
+            "scheduler": scheduler, "timeout": timeout, "batch_size": batch_size,
+            "prefix": prefix,
+        }  # fmt: skip
         self.queues = _weights(queues)
         self.concurrency = concurrency
         self.strict_priority = strict_priority
@@ -106,6 +114,10 @@ class Worker:
 
     # -- public lifecycle ------------------------------------------------------------
 
+    def replace(self, url_or_redis: str | aioredis.Redis | None = None, **changes: Any) -> Worker:
+        """A new, stopped Worker with the same settings except ``changes``."""
+        return Worker(self.mux, url_or_redis or self.url_or_redis, **{**self.options, **changes})
+
     @property
     def broker(self) -> Broker:
         return self._broker
@@ -134,7 +146,14 @@ class Worker:
         try:
             await self._outer.start(self._serve)
         except BaseException as exc:
-            await self._outer.__aexit__(type(exc), exc, exc.__traceback__)
+            outer, self._outer = self._outer, None
+            try:
+                await outer.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                # The task group reports the startup failure again, wrapped: the caller
+                # gets the plain error (e.g. BrokerUnavailable) that start() raised.
+                if group.exceptions != (exc,):
+                    raise
             raise
         return self
 
@@ -373,9 +392,10 @@ class Worker:
         got = 0
         try:
             try:
+                # redis-py types the timeout as int; the server takes fractions.
                 moved = await self._broker.run(
-                    lambda: self._broker.redis.blmove(
-                        k.pending, self._lease[q], BLOCK_SECONDS, "RIGHT", "LEFT"
+                    lambda: self._broker.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "BLMOVE", k.pending, self._lease[q], "RIGHT", "LEFT", BLOCK_SECONDS
                     ),
                     timeout=self._broker.timeout + BLOCK_SECONDS,
                 )
@@ -399,7 +419,9 @@ class Worker:
         )
         self._held[(queue, c.id)] = c
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1)
+            log.debug(
+                "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
+            )
         self._handlers.start_soon(self._handle, c)
 
     # -- running and recording outcomes ------------------------------------------------
@@ -409,7 +431,7 @@ class Worker:
 
         async def progress(value: Any) -> None:
             data = encode_value(value)
-            await self._broker.run(lambda: self._broker.redis.hset(k.progress, c.id, data))  # type: ignore[misc]
+            await self._broker.run(lambda: self._broker.redis.hset(k.progress, c.id, data))
 
         outcome = await self._runner.run(c, progress)
         await self._record(c, outcome)
@@ -459,7 +481,7 @@ class Worker:
             log.info("task %s (%s) on %s: revoked", c.id, c.body.type, c.queue)
             return
         attempt = c.retried + 1
-        where = "archived" if o.kind == "archive" else f"retry in {o.delay:.1f} s"
+        where = "archived" if o.kind == "archive" else f"retry in {o.delay:.3g} s"
         log.warning(
             "task %s (%s) on %s failed, attempt %d of %d, %s: %s",
             c.id, c.body.type, c.queue, attempt, c.max_retry + 1, where, o.error,
@@ -511,7 +533,9 @@ class Worker:
             replies = [[] for _ in batch]
         for (q, items), stale in zip(batch.items(), replies, strict=True):
             for sid in stale:
-                log.warning("task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), q)
+                log.warning(
+                    "task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), q
+                )
             for c, _ in items:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("task %s (%s) on %s: completed", c.id, c.body.type, q)
@@ -556,10 +580,7 @@ def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[s
         return {"default": 1.0}
     if isinstance(queues, str):
         raise AqueueError(f"queues must be a mapping of name to weight or a list, got {queues!r}")
-    if isinstance(queues, Mapping):
-        items = list(queues.items())
-    else:
-        items = [(q, 1) for q in queues]
+    items = list(queues.items()) if isinstance(queues, Mapping) else [(q, 1) for q in queues]
     if not items:
         raise AqueueError("queues must name at least one queue")
     out: dict[str, float] = {}
@@ -569,4 +590,3 @@ def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[s
             raise AqueueError(f"weight of queue {name!r} must be a number > 0, got {weight!r}")
         out[name] = float(weight)
     return out
-

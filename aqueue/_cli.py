@@ -1,0 +1,181 @@
+"""The ``aqueue`` command: ``worker`` and ``dev`` (admin commands come with the Inspector).
+
+Exit codes: 0 ok, 1 error (server unreachable, ...), 2 usage (bad arguments, a
+MODULE:ATTR that does not name a Mux or Worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import anyio
+
+from ._mux import Mux
+from ._worker import Worker
+from .errors import AqueueError
+
+log = logging.getLogger("aqueue.cli")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _queue_weight(text: str) -> tuple[str, float]:
+    name, sep, weight = text.partition("=")
+    try:
+        value = float(weight) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"weight of queue {name!r} must be a number, got {weight!r}"
+        ) from None
+    return name, value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aqueue", description="asyncio-native background jobs on Redis and Valkey"
+    )
+    parser.add_argument("--version", action="version", version=f"aqueue {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def worker_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("app", metavar="MODULE:ATTR", help="a Mux or a Worker, e.g. app.tasks:mux")
+        p.add_argument(
+            "--concurrency", "-c", type=_positive_int, help="handlers run at once (default 10)"
+        )
+        p.add_argument(
+            "--queue", "-q", action="append", type=_queue_weight, metavar="NAME=WEIGHT",
+            help="a queue to serve, with its weight (repeatable; default: default=1)",
+        )  # fmt: skip
+        p.add_argument(
+            "--strict", action="store_true", help="strict priority: heaviest queue first"
+        )
+        p.add_argument("--no-scheduler", action="store_true", help="do not run the cron scheduler")
+        p.add_argument("--shutdown-timeout", type=float, help="seconds handlers get at shutdown")
+        p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+    w = sub.add_parser(
+        "worker", help="run a worker", description="Run a worker until SIGTERM/SIGINT."
+    )
+    worker_flags(w)
+    w.add_argument(
+        "--url", default=None, help="server URL (default: $AQUEUE_URL or redis://localhost:6379/0)"
+    )
+    d = sub.add_parser(
+        "dev", help="embedded Valkey + worker in one process",
+        description="Start an embedded Valkey server and a worker, for local development.",
+    )  # fmt: skip
+    worker_flags(d)
+    d.add_argument(
+        "--port", type=_positive_int, help="port of the embedded server (default: a free one)"
+    )
+    return parser
+
+
+def load_app(spec: str) -> Mux | Worker:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"expected MODULE:ATTR, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, (Mux, Worker)):
+        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not an aqueue Mux or Worker")
+    return obj
+
+
+def make_worker(app: Mux | Worker, args: argparse.Namespace, url: str | None) -> Worker:
+    changes: dict[str, Any] = {}
+    if args.concurrency is not None:
+        changes["concurrency"] = args.concurrency
+    if args.queue:
+        changes["queues"] = dict(args.queue)
+    if args.strict:
+        changes["strict_priority"] = True
+    if args.no_scheduler:
+        changes["scheduler"] = False
+    if args.shutdown_timeout is not None:
+        changes["shutdown_timeout"] = args.shutdown_timeout
+    if isinstance(app, Worker):
+        return app.replace(url, **changes)
+    return Worker(app, url or "redis://localhost:6379/0", **changes)
+
+
+def _run_worker(worker: Worker) -> int:
+    anyio.run(worker.run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    url = args.url or os.environ.get("AQUEUE_URL")
+    return _run_worker(make_worker(app, args, url))
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from ._server import EmbeddedServer
+
+    app = load_app(args.app)
+    with EmbeddedServer(args.port) as server:
+        os.environ["AQUEUE_URL"] = server.url
+        print(f"aqueue dev: embedded Valkey at {server.url} (AQUEUE_URL is set)", flush=True)
+        return _run_worker(make_worker(app, args, server.url))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def fail(message: str, code: int) -> NoReturn:
+    print(f"aqueue: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"worker": cmd_worker, "dev": cmd_dev}
+    try:
+        return commands[args.command](args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        fail(str(exc), 2)
+    except AqueueError as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
