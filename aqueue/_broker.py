@@ -61,6 +61,7 @@ class Scripts:
         self.forward = Script("forward")
         self.heartbeat = Script("heartbeat")
         self.reap = Script("reap")
+        self.orphans = Script("orphans")
 
 
 SCRIPTS = Scripts()

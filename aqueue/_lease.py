@@ -95,7 +95,10 @@ class LeaseKeeper:
             (SCRIPTS.heartbeat, (k.leases,), [w.id, now, now + self.ttl_ms])
             for k in w._keys.values()
         ]
-        replies = await w.broker.run(lambda: w.broker.scripts(calls))
+        # Re-registering the queues each time covers a server that lost its data.
+        extra = [("SADD", queues_key(w.broker.prefix), *w.queues)]
+        replies = await w.broker.run(lambda: w.broker.scripts(calls, extra))
+        replies = replies[: len(calls)]
         self.valid_until = sent + w.lease_ttl
         for q, live in zip(w._keys, replies, strict=True):
             if not live:

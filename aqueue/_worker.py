@@ -179,6 +179,8 @@ class Worker:
         self._seq = 0
         self._paused_until: dict[str, float] = {}
         self._blocking: set[str] = set()
+        # Queues whose lease list may hold ids we do not know (a lost reply).
+        self._suspect: set[str] = set()
         self._slot_event = anyio.Event()
         self._claim_event = anyio.Event()
         self._ack_event = anyio.Event()
@@ -294,6 +296,8 @@ class Worker:
 
     async def _dispatch(self) -> None:
         while not self._stopping:
+            if self._suspect - self._blocking:
+                await self._audit()
             if self._free <= 0:
                 event = self._slot_event
                 if self._free <= 0:
@@ -302,6 +306,28 @@ class Worker:
             if await self._claim_burst():
                 continue
             await self._claim_blocking()
+
+    async def _audit(self) -> None:
+        """Return ids our lease lists hold but we do not (see orphans.lua).
+
+        Runs from the dispatcher, between its own claims, and skips queues with a
+        blocking claim in flight: an id that claim moved is not an orphan.
+        """
+        queues = sorted(self._suspect - self._blocking)
+        calls: list[Call] = []
+        for q in queues:
+            k = self._keys[q]
+            held = [c.id for c in self._held.values() if c.queue == q]
+            calls.append((SCRIPTS.orphans, (self._lease[q], k.pending, k.states), held))
+        try:
+            replies = await self._broker.run(lambda: self._broker.scripts(calls))
+        except BrokerUnavailable as exc:
+            await self._outage(exc)
+            return
+        self._suspect.difference_update(queues)
+        for q, n in zip(queues, replies, strict=True):
+            if n:
+                log.warning("returned %d orphaned task(s) of queue %s to the queue", n, q)
 
     def _available(self) -> list[str]:
         now = time.monotonic()
@@ -346,6 +372,8 @@ class Worker:
         try:
             replies = await self._broker.run(lambda: self._broker.scripts(calls))
         except BrokerUnavailable as exc:
+            # The script may have run with its reply lost: audit these lease lists.
+            self._suspect.update(plan)
             self._release(sum(plan.values()) if not moved else 0)
             await self._outage(exc)
             return {}
@@ -400,6 +428,7 @@ class Worker:
                     timeout=self._broker.timeout + BLOCK_SECONDS,
                 )
             except BrokerUnavailable as exc:
+                self._suspect.add(q)  # the move may have happened, its reply lost
                 await self._outage(exc)
                 moved = None
             if moved is not None:
@@ -457,6 +486,13 @@ class Worker:
             return
         try:
             await self._write_failure(c, outcome)
+        except BrokerUnavailable as exc:
+            log.error(
+                "task %s (%s) on %s: could not write its %s before the lease would lapse "
+                "(%s); it will run again",
+                c.id, c.body.type, c.queue, outcome.kind, exc,
+            )  # fmt: skip
+            self._suspect.add(c.queue)
         finally:
             self._forget(c)
 
@@ -531,6 +567,7 @@ class Worker:
                 exc,
             )
             replies = [[] for _ in batch]
+            self._suspect.update(batch)
         for (q, items), stale in zip(batch.items(), replies, strict=True):
             for sid in stale:
                 log.warning(

@@ -192,3 +192,18 @@ async def test_forward_moves_due_tasks_and_reports_the_next_due_time(
     assert abs(nxt - later.next_process_at.timestamp() * 1000) < 5
     assert await q.state(due_soon.id) == "pending"
     assert await q.state(later.id) == "scheduled"
+
+
+async def test_orphans_returns_unknown_ids_of_a_live_lease_and_keeps_held_ones(
+    q: Q, client: aqueue.Client
+) -> None:
+    held = await client.enqueue("t", 1)
+    lost = await client.enqueue("t", 2)
+    await q.register("w1")
+    await q.claim("w1", 2)  # imagine the reply for `lost` never arrived
+    k = q.k
+    n = await q.b.script(SCRIPTS.orphans, (k.lease("w1"), k.pending, k.states), [held.id])
+    assert n == 1
+    assert [text(i) for i in await q.b.redis.lrange(k.lease("w1"), 0, -1)] == [held.id]
+    assert await q.state(lost.id) == "pending"
+    assert text(await q.b.redis.lindex(k.pending, -1)) == lost.id
