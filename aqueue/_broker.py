@@ -101,8 +101,10 @@ class Broker:
         timeout: float = 5.0,
         prefix: str = DEFAULT_PREFIX,
         socket_timeout: float | None = None,
+        max_connections: int = 100,
     ) -> None:
         self.timeout = timeout
+        self.max_connections = max_connections
         self.prefix = prefix
         self._owned = isinstance(url_or_redis, str)
         self._redis: aioredis.Redis | None = None
@@ -121,13 +123,18 @@ class Broker:
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
+            # A blocking pool: past max_connections, callers wait for a free connection
+            # (bounded by the timeout) instead of failing as if the server were down.
             # decode_responses stays off: payloads and results are bytes.
-            self._redis = aioredis.Redis.from_url(
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=self.max_connections,
+                timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
                 socket_timeout=self._socket_timeout,
                 health_check_interval=0,
             )
+            self._redis = aioredis.Redis.from_pool(pool)
         return self._redis
 
     def unavailable(self, exc: BaseException) -> BrokerUnavailable:
@@ -171,6 +178,10 @@ class Broker:
         that failed for a forgotten script is retried once after loading that script:
         NOSCRIPT means the call never ran, so running it again is safe.
         """
+        if len(calls) == 1 and not extra:
+            # One call needs no pipeline (and skips its overhead on the hot path).
+            script, keys, args = calls[0]
+            return [await self.script(script, keys, args)]
         r = self.redis
         pipe = r.pipeline(transaction=False)
         for script, keys, args in calls:

@@ -47,6 +47,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _log_level(text: str) -> str:
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r}: use DEBUG, INFO, WARNING or ERROR"
+        )
+    return text.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aqueue", description="asyncio-native background jobs on Redis and Valkey"
@@ -68,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--no-scheduler", action="store_true", help="do not run the cron scheduler")
         p.add_argument("--shutdown-timeout", type=float, help="seconds handlers get at shutdown")
-        p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+        p.add_argument(
+            "--log-level", default="INFO", type=_log_level, help="logging level (default INFO)"
+        )
 
     w = sub.add_parser(
         "worker", help="run a worker", description="Run a worker until SIGTERM/SIGINT."
@@ -121,9 +131,12 @@ def make_worker(app: Mux | Worker, args: argparse.Namespace, url: str | None) ->
         changes["scheduler"] = False
     if args.shutdown_timeout is not None:
         changes["shutdown_timeout"] = args.shutdown_timeout
-    if isinstance(app, Worker):
-        return app.replace(url, **changes)
-    return Worker(app, url or "redis://localhost:6379/0", **changes)
+    try:
+        if isinstance(app, Worker):
+            return app.replace(url, **changes)
+        return Worker(app, url or "redis://localhost:6379/0", **changes)
+    except AqueueError as exc:  # a bad flag value (queue name, weight, ...) is usage
+        raise UsageError(str(exc)) from None
 
 
 def _run_worker(worker: Worker) -> int:

@@ -20,7 +20,7 @@ import msgspec
 from ._codec import Body, decode_payload, decode_value, encode_value
 from ._mux import Context, Mux, ProgressSink, _Entry
 from ._task import TaskInfo, from_ms
-from .errors import Retry, Revoke, SkipRetry
+from .errors import InvalidPayload, Retry, Revoke, SkipRetry
 
 log = logging.getLogger("aqueue.worker")
 
@@ -144,13 +144,6 @@ class Runner:
                 )
             limit = min(limit, left)
         handler = entry.handler
-        payload: Any = None
-        if handler.takes_payload:
-            try:
-                payload = decode_payload(body.payload, handler.payload_type)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
-                tp = getattr(handler.payload_type, "__name__", handler.payload_type)
-                return Outcome("archive", error=f"invalid payload for {tp}: {e}")
         ctx = Context(
             task_id=task.id,
             task_type=body.type,
@@ -162,6 +155,13 @@ class Runner:
             headers=body.headers or {},
             progress=progress,
         )
+        payload: Any = None
+        if handler.takes_payload:
+            try:
+                payload = decode_payload(body.payload, handler.payload_type)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                tp = getattr(handler.payload_type, "__name__", handler.payload_type)
+                return await self._archive(ctx, InvalidPayload(f"invalid payload for {tp}: {e}"))
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
         task.scope = scope
         try:
@@ -170,7 +170,7 @@ class Runner:
         except Revoke:
             return Outcome("revoke")
         except SkipRetry as e:
-            return Outcome("archive", error=_describe(e), exc=e)
+            return await self._archive(ctx, e)
         except Retry as e:
             return await self._failed(task, e, ctx, delay=e.delay)
         except Exception as e:
@@ -213,6 +213,12 @@ class Runner:
             return await middleware[i](ctx, lambda: step(i + 1))
 
         return await step(0)
+
+    async def _archive(self, ctx: Context | None, exc: BaseException) -> Outcome:
+        """Archive at once (no retry can help), telling ``on_error`` first."""
+        if ctx is not None and self.on_error is not None:
+            await self._call_on_error(ctx, exc)
+        return Outcome("archive", error=_describe(exc), exc=exc)
 
     def _interrupted(self, task: Claimed) -> Outcome:
         if task.reason == "shutdown":

@@ -94,8 +94,14 @@ class Worker:
         self.batch_size = batch_size
         self.id = uuid.uuid4().hex[:16]
         # Blocking claims hold a connection for BLOCK_SECONDS: reads may take that long.
+        # One connection per blocking claim, per handler writing progress, plus the
+        # acker, heartbeat, reaper and forwarder.
         self._broker = Broker(
-            url_or_redis, timeout=timeout, prefix=prefix, socket_timeout=timeout + BLOCK_SECONDS + 1
+            url_or_redis,
+            timeout=timeout,
+            prefix=prefix,
+            socket_timeout=timeout + BLOCK_SECONDS + 1,
+            max_connections=concurrency + len(self.queues) + 8,
         )
         self._keys: dict[str, QueueKeys] = {q: queue_keys(prefix, q) for q in self.queues}
         self._lease: dict[str, str] = {q: k.lease(self.id) for q, k in self._keys.items()}
@@ -124,13 +130,18 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (when run in the main thread) or cancellation."""
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._watch_signals)
             try:
                 await self._serve()
+            except Exception as exc:  # raised plain, not wrapped by the task group
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     def stop(self) -> None:
         """Begin a graceful shutdown: stop claiming, let handlers finish within
@@ -218,9 +229,18 @@ class Worker:
                     await self._drain()
                 await self._finish()
                 background.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside (e.g. run() inside a cancelled scope): no time for
+            # handlers, but their tasks still go straight back to the queue.
+            for c in self._held.values():
+                self._requeue.setdefault(c.queue, []).append(c)
+            self._held.clear()
+            await self._finish()
+            raise
         finally:
             self._running = False
-            await self._broker.close()
+            with anyio.CancelScope(shield=True):
+                await self._broker.close()
         log.info("worker %s stopped", self.id)
 
     async def _watch_signals(self) -> None:
@@ -483,6 +503,9 @@ class Worker:
                 c.queue,
             )
             self._forget(c)
+            # If our heartbeat renewed the lease before any reaper saw it expire, the
+            # task is still in our (live) lease list: the audit gives it back.
+            self._suspect.add(c.queue)
             return
         try:
             await self._write_failure(c, outcome)

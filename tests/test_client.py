@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 import aqueue
 from aqueue import Context, Job, Mux
-from aqueue._server import EmbeddedServer, free_port
+from aqueue.server import EmbeddedServer, free_port
 from aqueue.testing import drain
 
 from .helpers import Peek, wait_for

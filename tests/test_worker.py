@@ -358,7 +358,8 @@ async def test_shutdown_returns_unfinished_tasks_to_the_head_without_an_attempt(
         info = await client.enqueue(long)
         behind = await client.enqueue(later)
     async with Worker(mux, url, concurrency=1, shutdown_timeout=0.1):
-        await started.wait()
+        with anyio.fail_after(10):
+            await started.wait()
     assert await peek.pending() == [info.id, behind.id]  # back at the head
     assert await peek.state(info.id) == "pending"
     assert await peek.retried(info.id) == 0
@@ -380,7 +381,8 @@ async def test_shutdown_lets_handlers_finish_within_shutdown_timeout(url: str, p
     async with aqueue.Client(url) as client:
         info = await client.enqueue(short)
     async with Worker(mux, url, shutdown_timeout=5):
-        await started.wait()
+        with anyio.fail_after(10):
+            await started.wait()
     assert finished == [info.id]
     assert await peek.state(info.id) is None  # acked and deleted (retention 0)
 
@@ -422,3 +424,27 @@ def test_default_retry_delay_follows_the_documented_formula() -> None:
         for _ in range(20):
             d = default_retry_delay(n, RuntimeError(), info)
             assert n**4 + 15 <= d <= n**4 + 15 + 30 * (n + 1)
+
+
+async def test_cancelling_run_returns_running_tasks_without_counting_an_attempt(
+    url: str, peek: Peek
+) -> None:
+    mux = Mux()
+    started = anyio.Event()
+
+    @mux.task("long")
+    async def long(ctx: Context) -> None:
+        started.set()
+        await anyio.sleep(30)
+
+    async with aqueue.Client(url) as client:
+        info = await client.enqueue(long)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Worker(mux, url, shutdown_timeout=30).run)
+            await started.wait()
+            tg.cancel_scope.cancel()
+    assert await peek.state(info.id) == "pending"
+    assert await peek.pending() == [info.id]
+    assert await peek.retried(info.id) == 0
+    assert await peek.r.keys(peek.k + "l:*") == []

@@ -1,0 +1,136 @@
+"""Producer workloads: one await at a time, 1000 concurrent awaits, ``enqueue_many``.
+
+Each is measured against raw redis-py LPUSHes of a minimal job record issued the same
+way, which is the floor any Redis queue's enqueue sits on: aqueue adds validation, the
+stored task hash and state, and one script call instead of one LPUSH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+import aqueue
+
+from .common import RAW_PENDING, Bench, Result
+from .tasks import Item, item, raw_record
+
+BATCH = 1000
+# Connections of the pool both sides of ``enqueue_gather`` share (redis-py's default size).
+POOL = 100
+
+
+async def enqueue_serial(b: Bench) -> Result:
+    """``await client.enqueue(...)`` one task at a time."""
+    n = b.n(5_000)
+    async with aqueue.Client(b.url) as client, b.redis() as r:
+
+        async def subject() -> float:
+            start = time.perf_counter()
+            for i in range(n):
+                await client.enqueue(item, Item(n=i))
+            return n / (time.perf_counter() - start)
+
+        async def baseline() -> float:
+            start = time.perf_counter()
+            for i in range(n):
+                await r.lpush(RAW_PENDING, raw_record("bench:item", {"n": i}))
+            return n / (time.perf_counter() - start)
+
+        await client.enqueue(item, Item(n=-1))  # connect and load the scripts first
+        await r.ping()
+        rate, base = await b.alternate(subject, baseline)
+    return Result(
+        "enqueue_serial", n, "tasks/s", rate, base, "raw LPUSH, one await at a time", "higher"
+    )
+
+
+async def enqueue_gather(b: Bench) -> Result:
+    """``asyncio.gather`` of 1000 ``enqueue`` calls at a time.
+
+    redis-py 8's default pool refuses a 101st concurrent connection (MaxConnectionsError,
+    which aqueue reports as BrokerUnavailable), so both sides get the same blocking pool
+    of 100 connections: calls beyond 100 wait for a free connection. Once ``Client(url)``
+    waits for a connection by itself, it can replace the explicit pool here.
+    """
+    n = b.n(10_000)
+    size = min(BATCH, n)
+    async with _pooled(b.url) as ours, _pooled(b.url) as r, aqueue.Client(ours) as client:
+
+        async def subject() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, size):
+                await asyncio.gather(
+                    *(client.enqueue(item, Item(n=i)) for i in range(lo, min(lo + size, n)))
+                )
+            return n / (time.perf_counter() - start)
+
+        async def baseline() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, size):
+                await asyncio.gather(
+                    *(
+                        r.lpush(RAW_PENDING, raw_record("bench:item", {"n": i}))
+                        for i in range(lo, min(lo + size, n))
+                    )
+                )
+            return n / (time.perf_counter() - start)
+
+        # Open the pools' connections before timing: a long-lived producer has them.
+        await asyncio.gather(*(client.enqueue(item, Item(n=-1)) for _ in range(size)))
+        await asyncio.gather(*(r.ping() for _ in range(size)))
+        rate, base = await b.alternate(subject, baseline)
+    return Result(
+        "enqueue_gather",
+        n,
+        "tasks/s",
+        rate,
+        base,
+        f"raw LPUSH, gather of {size}",
+        "higher",
+        extra={"pool_connections": POOL},
+    )
+
+
+def _pooled(url: str) -> aioredis.Redis:
+    """A redis-py client whose calls wait for one of ``POOL`` connections."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL, timeout=30)
+    return aioredis.Redis.from_pool(pool)
+
+
+async def enqueue_many(b: Bench) -> Result:
+    """``client.enqueue_many`` of 1000 jobs per call."""
+    n = b.n(50_000, minimum=BATCH)
+    async with aqueue.Client(b.url) as client, b.redis() as r:
+
+        async def subject() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, BATCH):
+                await client.enqueue_many(
+                    [aqueue.Job(item, Item(n=i)) for i in range(lo, min(lo + BATCH, n))]
+                )
+            return n / (time.perf_counter() - start)
+
+        async def baseline() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, BATCH):
+                pipe = r.pipeline(transaction=False)
+                for i in range(lo, min(lo + BATCH, n)):
+                    pipe.lpush(RAW_PENDING, raw_record("bench:item", {"n": i}))
+                await pipe.execute()
+            return n / (time.perf_counter() - start)
+
+        await client.enqueue_many([aqueue.Job(item, Item(n=-1))])
+        await r.ping()
+        rate, base = await b.alternate(subject, baseline)
+    return Result(
+        "enqueue_many",
+        n,
+        "tasks/s",
+        rate,
+        base,
+        f"raw LPUSH pipelined by {BATCH}",
+        "higher",
+    )

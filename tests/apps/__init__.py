@@ -1,0 +1,1 @@
+"""Small importable applications that the command-line tests start with ``aqueue worker``."""
