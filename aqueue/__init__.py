@@ -5,6 +5,7 @@ modules is internal and may change.
 """
 
 from ._client import Client, Job
+from ._inspector import Inspector
 from ._mux import Context, Handler, Mux
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
 from ._worker import Worker
@@ -37,6 +38,7 @@ __all__ = [
     "DailyStats",
     "DuplicateTask",
     "Handler",
+    "Inspector",
     "InvalidCron",
     "InvalidPayload",
     "InvalidQueueName",

@@ -62,6 +62,7 @@ class Scripts:
         self.heartbeat = Script("heartbeat")
         self.reap = Script("reap")
         self.orphans = Script("orphans")
+        self.cancel = Script("cancel")
 
 
 SCRIPTS = Scripts()
@@ -160,9 +161,15 @@ class Broker:
         except _UNAVAILABLE as exc:
             raise self.unavailable(exc) from exc
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        conn: aioredis.Redis | None = None,
+    ) -> Any:
         """Run one script (no timeout mapping: wrap in ``run`` for that)."""
-        r = self.redis
+        r = conn or self.redis
         try:
             return await r.evalsha(script.sha, len(keys), *keys, *args)
         except rexc.NoScriptError:
@@ -170,7 +177,10 @@ class Broker:
             return await r.evalsha(script.sha, len(keys), *keys, *args)
 
     async def scripts(
-        self, calls: Sequence[Call], extra: Sequence[Sequence[Any]] = ()
+        self,
+        calls: Sequence[Call],
+        extra: Sequence[Sequence[Any]] = (),
+        conn: aioredis.Redis | None = None,
     ) -> list[Any]:
         """Run several scripts (and plain commands in ``extra``) in one round trip.
 
@@ -181,8 +191,8 @@ class Broker:
         if len(calls) == 1 and not extra:
             # One call needs no pipeline (and skips its overhead on the hot path).
             script, keys, args = calls[0]
-            return [await self.script(script, keys, args)]
-        r = self.redis
+            return [await self.script(script, keys, args, conn)]
+        r = conn or self.redis
         pipe = r.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

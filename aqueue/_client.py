@@ -9,8 +9,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, redacted
 from ._codec import (
     Body,
     decode_value,
@@ -19,6 +20,7 @@ from ._codec import (
     encode_payload,
     unique_digest,
 )
+from ._inspector import cancel_task
 from ._keys import queue_keys, queues_key
 from ._mux import Handler
 from ._options import Resolved, check_options, resolve
@@ -76,6 +78,7 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         defaults: Mapping[str, Any] | None = None,
         prefix: str = DEFAULT_PREFIX,
+        durable: bool = False,
     ) -> None:
         if not isinstance(max_payload_bytes, int) or max_payload_bytes <= 0:
             raise AqueueError(
@@ -88,6 +91,7 @@ class Client:
         self._broker = Broker(url_or_redis, timeout=timeout, prefix=prefix)
         self._max_payload = max_payload_bytes
         self._known_queues: set[str] = set()
+        self.durable = durable
 
     @property
     def broker(self) -> Broker:
@@ -95,22 +99,30 @@ class Client:
 
     @overload
     async def enqueue(
-        self, task: Handler[P, Any], payload: P = ..., **options: Any
+        self, task: Handler[P, Any], payload: P = ..., *, durable: bool | None = ..., **options: Any
     ) -> TaskInfo: ...
     @overload
-    async def enqueue(self, task: str, payload: Any = None, **options: Any) -> TaskInfo: ...
     async def enqueue(
-        self, task: Handler[Any, Any] | str, payload: Any = None, **options: Any
+        self, task: str, payload: Any = None, *, durable: bool | None = ..., **options: Any
+    ) -> TaskInfo: ...
+    async def enqueue(
+        self,
+        task: Handler[Any, Any] | str,
+        payload: Any = None,
+        *,
+        durable: bool | None = None,
+        **options: Any,
     ) -> TaskInfo:
         """Write one task in one round trip and return its ``TaskInfo``.
 
         Options: queue, max_retry, timeout, deadline, process_in, process_at, unique,
         task_id, retention, headers. Raises ``DuplicateTask`` or ``TaskIdConflict``
-        when the server refuses it; nothing is written then.
+        when the server refuses it; nothing is written then. ``durable`` (default: the
+        Client's) waits until the server's append-only file has the write (WAITAOF).
         """
         now = _now_ms()
         prepared = self._prepare(task, payload, options, now)
-        infos = await self._write([prepared], now)
+        infos = await self._write([prepared], now, durable)
         result = infos[0]
         if isinstance(result, AqueueError):
             raise result
@@ -119,14 +131,26 @@ class Client:
 
     @overload
     async def enqueue_many(
-        self, jobs: Iterable[Job[Any]], *, return_exceptions: Literal[False] = ...
+        self,
+        jobs: Iterable[Job[Any]],
+        *,
+        return_exceptions: Literal[False] = ...,
+        durable: bool | None = ...,
     ) -> list[TaskInfo]: ...
     @overload
     async def enqueue_many(
-        self, jobs: Iterable[Job[Any]], *, return_exceptions: Literal[True]
+        self,
+        jobs: Iterable[Job[Any]],
+        *,
+        return_exceptions: Literal[True],
+        durable: bool | None = ...,
     ) -> list[TaskInfo | AqueueError]: ...
     async def enqueue_many(
-        self, jobs: Iterable[Job[Any]], *, return_exceptions: bool = False
+        self,
+        jobs: Iterable[Job[Any]],
+        *,
+        return_exceptions: bool = False,
+        durable: bool | None = None,
     ) -> list[TaskInfo] | list[TaskInfo | AqueueError]:
         """Write many tasks in one round trip (one script call per queue and 500 tasks).
 
@@ -141,7 +165,7 @@ class Client:
             if not isinstance(job, Job):
                 raise AqueueError(f"enqueue_many takes Job objects, got {job!r} at index {i}")
             prepared.append(self._prepare(job.task, job.payload, job.options, now))
-        results = await self._write(prepared, now) if prepared else []
+        results = await self._write(prepared, now, durable) if prepared else []
         if not return_exceptions:
             for r in results:
                 if isinstance(r, AqueueError):
@@ -176,7 +200,7 @@ class Client:
         args = [opts.task_id, message, opts.due, digest, int(opts.unique * 1000)]
         return _Prepared(task_type, data, opts, args, now)
 
-    async def _write(self, prepared: list[_Prepared], now: int) -> list[Any]:
+    async def _write(self, prepared: list[_Prepared], now: int, durable: bool | None) -> list[Any]:
         prefix = self._broker.prefix
         by_queue: dict[str, list[int]] = {}
         for i, p in enumerate(prepared):
@@ -195,13 +219,50 @@ class Client:
                 order.append(chunk)
         new = [q for q in by_queue if q not in self._known_queues]
         extra = [("SADD", queues_key(prefix), *new)] if new else []
-        replies = await self._broker.run(lambda: self._broker.scripts(calls, extra))
+        if self.durable if durable is None else durable:
+            replies = await self._broker.run(lambda: self._write_durably(calls, extra))
+        else:
+            replies = await self._broker.run(lambda: self._broker.scripts(calls, extra))
         self._known_queues.update(new)
         out: list[Any] = [None] * len(prepared)
         for chunk, reply in zip(order, replies, strict=False):
             for i, rep in zip(chunk, reply, strict=True):
                 out[i] = _info_or_error(prepared[i], rep)
         return out
+
+    async def _write_durably(self, calls: list[Call], extra: list[Any]) -> list[Any]:
+        """Write, then wait until the server's AOF has it. WAITAOF covers the writes of
+        its own connection only, so both go through one dedicated connection."""
+        b = self._broker
+        wait_ms = max(1, int(b.timeout * 1000) - 100)
+        async with b.redis.client() as conn:
+            replies = await b.scripts(calls, extra, conn)
+            try:
+                local, _ = await conn.execute_command("WAITAOF", 1, 0, wait_ms)  # type: ignore[no-untyped-call]
+            except rexc.ResponseError as exc:
+                text = str(exc)
+                why = (
+                    "the server has appendonly off"
+                    if "appendonly" in text
+                    else "the server does not support WAITAOF (Redis or Valkey 7.2+ needed)"
+                    if "unknown command" in text.lower()
+                    else text
+                )
+                raise AqueueError(
+                    f"durable enqueue not confirmed: {why} ({redacted(b.url)}); the task "
+                    "was written but may not survive a server crash"
+                ) from exc
+        if int(local) < 1:
+            raise AqueueError(
+                f"durable enqueue not confirmed: the server at {redacted(b.url)} did not fsync "
+                f"its append-only file within {wait_ms} ms; the task was written but may not "
+                "survive a server crash"
+            )
+        return replies
+
+    async def cancel(self, queue: str, task_id: str) -> None:
+        """Cancel a task, as ``Inspector.cancel`` does."""
+        await cancel_task(self._broker, queue, task_id)
 
     async def close(self) -> None:
         """Close the connections this client opened (not a client passed in)."""

@@ -22,12 +22,14 @@ lives in one Redis Cluster slot and every script touches one slot only:
 ``uniq_exp``     ZSET   unique digest -> lock expiry (ms)
 ``paused``       STRING exists while paused
 ``stats``        HASH   ``p``/``f`` totals, ``p:<day>``/``f:<day>`` per UTC day
+``cancels``      SET    ids of active tasks whose cancellation was asked
 ===============  =====  ====================================================
 
 Task data lives in per-queue hashes rather than one key per task, so that a script
 which claims tasks it cannot name in advance still declares every key it touches.
 Outside any queue: ``<prefix>:queues`` (SET of queue names, written with plain
-commands, never from a script).
+commands, never from a script) and the pub/sub channel ``<prefix>:cancel`` (messages
+``"<queue>|<id>"`` that wake the worker running a cancelled task).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class QueueKeys:
     __slots__ = (
         "archived",
         "base",
+        "cancels",
         "completed",
         "errors",
         "failed_at",
@@ -78,6 +81,7 @@ class QueueKeys:
         self.uniq_exp = b + "uniq_exp"
         self.paused = b + "paused"
         self.stats = b + "stats"
+        self.cancels = b + "cancels"
 
     def lease(self, worker_id: str) -> str:
         return f"{self.base}l:{worker_id}"
@@ -90,3 +94,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
 
 def queues_key(prefix: str) -> str:
     return f"{prefix}:queues"
+
+
+def cancel_channel(prefix: str) -> str:
+    return f"{prefix}:cancel"

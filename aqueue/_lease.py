@@ -21,9 +21,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import redis.exceptions as rexc
 
 from ._broker import SCRIPTS, Call
-from ._keys import queues_key
+from ._keys import cancel_channel, queues_key
 from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ FORWARD_BATCH = 1000
 # Upper bound on the forwarder's sleep, so tasks scheduled by other processes after it
 # went to sleep are noticed.
 FORWARD_MAX_SLEEP = 1.0
+
+
+_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError)
 
 
 def today() -> str:
@@ -58,6 +62,7 @@ class LeaseKeeper:
         await broker.run(lambda: broker.redis.ping())
         await broker.run(lambda: broker.redis.sadd(queues_key(broker.prefix), *w.queues))
         await self.renew()
+        await self.subscribe()
         await self._boot_checks()
 
     async def _boot_checks(self) -> None:
@@ -96,8 +101,15 @@ class LeaseKeeper:
             for k in w._keys.values()
         ]
         # Re-registering the queues each time covers a server that lost its data.
-        extra = [("SADD", queues_key(w.broker.prefix), *w.queues)]
+        extra: list[tuple[Any, ...]] = [("SADD", queues_key(w.broker.prefix), *w.queues)]
+        # Cancel requests are persisted: one missed on pub/sub is found here.
+        held = [(c.queue, c.id) for c in w._held.values()]
+        if held:
+            extra += [("SMISMEMBER", w._keys[q].cancels, i) for q, i in held]
         replies = await w.broker.run(lambda: w.broker.scripts(calls, extra))
+        for (q, i), asked in zip(held, replies[len(calls) + 1 :], strict=True):
+            if asked and asked[0]:
+                w.cancel_held(q, i)
         replies = replies[: len(calls)]
         self.valid_until = sent + w.lease_ttl
         for q, live in zip(w._keys, replies, strict=True):
@@ -156,7 +168,7 @@ class LeaseKeeper:
             ids = [x.decode() for x in wids]
             keys = (
                 k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-                k.failed_at, k.stats, k.uniq, k.uniq_exp, *(k.lease(i) for i in ids),
+                k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, *(k.lease(i) for i in ids),
             )  # fmt: skip
             calls.append((SCRIPTS.reap, keys, [now, today(), *ids]))
             log.info("reaping expired lease(s) %s on queue %s", ids, q)
@@ -172,6 +184,42 @@ class LeaseKeeper:
                 archived,
             )
         return (recovered, archived)
+
+    async def subscribe(self) -> None:
+        """Subscribe to cancel requests; done at start, before the first claim, so no
+        request for a task this worker runs can go by unheard."""
+        w = self.w
+        self._pubsub = w.broker.redis.pubsub(ignore_subscribe_messages=True)
+        await w.broker.run(
+            functools.partial(self._pubsub.subscribe, cancel_channel(w.broker.prefix))
+        )
+
+    async def cancel_loop(self) -> None:
+        """Listen for cancel requests (``Client.cancel``/``Inspector.cancel``).
+
+        After a reconnect, requests published meanwhile were missed: the heartbeat
+        finds them in the persisted cancels set.
+        """
+        w = self.w
+        subscribed = True  # by start()
+        try:
+            while True:
+                try:
+                    if not subscribed:
+                        await self.subscribe()
+                        subscribed = True
+                    message = await self._pubsub.get_message(timeout=None)
+                    if message is not None:
+                        queue, _, task_id = bytes(message["data"]).decode().partition("|")
+                        w.cancel_held(queue, task_id)
+                except (BrokerUnavailable, *_CONNECTION_ERRORS) as exc:
+                    subscribed = False
+                    with anyio.CancelScope(shield=True):
+                        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await w._outage(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def wake_forwarder(self, due_ms: int) -> None:
         """Make the forwarder run no later than ``due_ms``."""

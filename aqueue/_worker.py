@@ -220,6 +220,7 @@ class Worker:
                 background.start_soon(self._leases.reaper_loop)
                 background.start_soon(self._leases.forward_loop)
                 background.start_soon(self._ack_loop)
+                background.start_soon(self._leases.cancel_loop)
                 async with anyio.create_task_group() as handlers:
                     self._handlers = handlers
                     with self._claim_scope:
@@ -291,6 +292,15 @@ class Worker:
     def _cancel_all(self, reason: str) -> None:
         for c in list(self._held.values()):
             c.cancel(reason)
+
+    def cancel_held(self, queue: str, task_id: str) -> bool:
+        """Cancel the handler of a task this worker runs, if it runs it."""
+        c = self._held.get((queue, task_id))
+        if c is None:
+            return False
+        log.info("task %s (%s) on %s: cancel requested", c.id, c.body.type, queue)
+        c.cancel("cancel")
+        return True
 
     def _cancel_queue(self, queue: str, reason: str) -> int:
         held = [c for c in self._held.values() if c.queue == queue]
@@ -526,6 +536,7 @@ class Worker:
         keys = (
             self._lease[c.queue], k.pending, k.tasks, k.states, k.retry, k.archived, k.uniq,
             k.uniq_exp, k.stats, k.retried, k.errors, k.failed_at, k.progress, k.results,
+            k.cancels,
         )  # fmt: skip
         counted = "0" if o.kind in ("revoke", "again") else "1"
         args = [now, today(), c.id, c.token, o.kind, due, o.error[:4000], c.digest, counted]
@@ -574,7 +585,7 @@ class Worker:
             k = self._keys[q]
             keys = (
                 self._lease[q], k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
-                k.stats, k.retried, k.errors, k.failed_at, k.progress,
+                k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
             )  # fmt: skip
             args: list[Any] = [now, day]
             for c, result in items:

@@ -42,7 +42,7 @@ class Q:
         k = self.k
         keys = (
             k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-            k.failed_at, k.stats, k.uniq, k.uniq_exp, *(k.lease(w) for w in wids),
+            k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, *(k.lease(w) for w in wids),
         )  # fmt: skip
         reply = await self.b.script(SCRIPTS.reap, keys, [now(), "2026-01-01", *wids])
         return [int(x) for x in reply]
@@ -51,7 +51,7 @@ class Q:
         k = self.k
         keys = (
             k.lease(wid), k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
-            k.stats, k.retried, k.errors, k.failed_at, k.progress,
+            k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
         )  # fmt: skip
         reply: list[bytes] = await self.b.script(
             SCRIPTS.ack, keys, [now(), "2026-01-01", task_id, token, 0, "", ""]

@@ -12,6 +12,7 @@
 -- KEYS[10] errors    HASH  id -> last error
 -- KEYS[11] failed_at HASH  id -> last failure time (ms)
 -- KEYS[12] progress  HASH  id -> encoded progress
+-- KEYS[13] cancels   SET   ids whose cancellation was asked (done now: forgotten)
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3..] groups of 5: id, token, retention (ms, 0 = delete now), encoded result
@@ -37,6 +38,7 @@ for i = 3, #ARGV, 5 do
       redis.call('HDEL', KEYS[11], id)
       redis.call('HDEL', KEYS[12], id)
     end
+    redis.call('SREM', KEYS[13], id)
     local digest = ARGV[i + 4]
     if digest ~= '' and redis.call('HGET', KEYS[6], digest) == id then
       redis.call('HDEL', KEYS[6], digest)

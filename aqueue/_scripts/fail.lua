@@ -14,6 +14,7 @@
 -- KEYS[12] failed_at HASH  id -> last failure time (ms)
 -- KEYS[13] progress  HASH  id -> encoded progress
 -- KEYS[14] results   HASH  id -> encoded result
+-- KEYS[15] cancels   SET   ids whose cancellation was asked
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] id
@@ -30,6 +31,11 @@ local now, id = tonumber(ARGV[1]), ARGV[3]
 if redis.call('HGET', KEYS[4], id) ~= '@' .. ARGV[4] then return 0 end
 redis.call('LREM', KEYS[1], 1, id)
 local action = ARGV[5]
+if redis.call('SREM', KEYS[15], id) == 1 and action ~= 'revoke' then
+  -- Cancelled while it ran: whatever it raised, it ends archived as cancelled.
+  action = 'archive'
+  ARGV[7] = 'cancelled'
+end
 if ARGV[9] == '1' then
   redis.call('HINCRBY', KEYS[9], 'p', 1)
   redis.call('HINCRBY', KEYS[9], 'p:' .. ARGV[2], 1)

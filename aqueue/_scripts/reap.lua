@@ -11,7 +11,8 @@
 -- KEYS[9] stats      HASH
 -- KEYS[10] uniq      HASH
 -- KEYS[11] uniq_exp  ZSET
--- KEYS[12..] the lease lists of the workers named in ARGV[3..], in the same order
+-- KEYS[12] cancels   SET   ids whose cancellation was asked
+-- KEYS[13..] the lease lists of the workers named in ARGV[3..], in the same order
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3..] worker ids whose lease looked expired to the caller
@@ -25,7 +26,7 @@ local now = tonumber(ARGV[1])
 local recovered, archived = 0, 0
 for w = 3, #ARGV do
   local wid = ARGV[w]
-  local lease = KEYS[w + 9]
+  local lease = KEYS[w + 10]
   local exp = redis.call('ZSCORE', KEYS[1], wid)
   if exp and tonumber(exp) <= now then
     while true do
@@ -45,7 +46,9 @@ for w = 3, #ARGV do
           redis.call('HINCRBY', KEYS[9], 'p:' .. ARGV[2], 1)
           redis.call('HINCRBY', KEYS[9], 'f', 1)
           redis.call('HINCRBY', KEYS[9], 'f:' .. ARGV[2], 1)
-          if n > max_retry then
+          local cancelled = redis.call('SREM', KEYS[12], id) == 1
+          if cancelled then redis.call('HSET', KEYS[7], id, 'cancelled') end
+          if n > max_retry or cancelled then
             redis.call('HSET', KEYS[4], id, 'archived')
             redis.call('ZADD', KEYS[5], now, id)
             if digest ~= '' and redis.call('HGET', KEYS[10], digest) == id then
