@@ -27,9 +27,11 @@ lives in one Redis Cluster slot and every script touches one slot only:
 
 Task data lives in per-queue hashes rather than one key per task, so that a script
 which claims tasks it cannot name in advance still declares every key it touches.
-Outside any queue: ``<prefix>:queues`` (SET of queue names, written with plain
-commands, never from a script) and the pub/sub channel ``<prefix>:cancel`` (messages
-``"<queue>|<id>"`` that wake the worker running a cancelled task).
+Outside any queue, written with plain commands, never from a script:
+``<prefix>:queues`` (SET of queue names); the worker registry ``<prefix>:workers`` (ZSET
+worker id -> expiry) with one expiring ``<prefix>:worker:<id>`` (STRING) per live worker;
+and the pub/sub channel ``<prefix>:cancel`` (messages ``"<queue>|<id>"`` that wake the
+worker running a cancelled task).
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
 
 def queues_key(prefix: str) -> str:
     return f"{prefix}:queues"
+
+
+def workers_key(prefix: str) -> str:
+    """ZSET worker id -> expiry (ms) of its registration, renewed by its heartbeat."""
+    return f"{prefix}:workers"
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """STRING: msgpack map of the worker's host, pid, queues, concurrency, started_at."""
+    return f"{prefix}:worker:{worker_id}"
 
 
 def cancel_channel(prefix: str) -> str:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import random
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,8 @@ import anyio
 import redis.exceptions as rexc
 
 from ._broker import SCRIPTS, Call
-from ._keys import cancel_channel, queues_key
+from ._codec import encode_value
+from ._keys import cancel_channel, queues_key, worker_key, workers_key
 from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ class LeaseKeeper:
         self.valid_until = math.inf
         self._forward_at = math.inf
         self._forward_event: anyio.Event | None = None
+        self._card_bytes: bytes | None = None
 
     async def start(self) -> None:
         """First contact: fail fast (``BrokerUnavailable``) on a wrong URL or a down
@@ -92,6 +96,34 @@ class LeaseKeeper:
                 "server restart loses every task"
             )
 
+    def _card(self) -> bytes:
+        """This worker as ``Inspector.workers()`` shows it."""
+        w = self.w
+        if self._card_bytes is None:
+            self._card_bytes = encode_value(
+                {
+                    "id": w.id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "queues": dict(w.queues),
+                    "concurrency": w.concurrency,
+                    "started_at": int(time.time() * 1000),
+                }
+            )
+        return self._card_bytes
+
+    async def unregister(self) -> None:
+        b = self.w.broker
+        await b.run(
+            lambda: b.scripts(
+                [],
+                [
+                    ("ZREM", workers_key(b.prefix), self.w.id),
+                    ("DEL", worker_key(b.prefix, self.w.id)),
+                ],
+            )
+        )
+
     async def renew(self) -> None:
         w = self.w
         sent = time.monotonic()
@@ -101,13 +133,19 @@ class LeaseKeeper:
             for k in w._keys.values()
         ]
         # Re-registering the queues each time covers a server that lost its data.
-        extra: list[tuple[Any, ...]] = [("SADD", queues_key(w.broker.prefix), *w.queues)]
+        prefix = w.broker.prefix
+        extra: list[tuple[Any, ...]] = [
+            ("SADD", queues_key(prefix), *w.queues),
+            ("ZADD", workers_key(prefix), now + self.ttl_ms, w.id),
+            ("SET", worker_key(prefix, w.id), self._card(), "PX", self.ttl_ms),
+            ("ZREMRANGEBYSCORE", workers_key(prefix), "-inf", now),
+        ]
         # Cancel requests are persisted: one missed on pub/sub is found here.
         held = [(c.queue, c.id) for c in w._held.values()]
         if held:
             extra += [("SMISMEMBER", w._keys[q].cancels, i) for q, i in held]
         replies = await w.broker.run(lambda: w.broker.scripts(calls, extra))
-        for (q, i), asked in zip(held, replies[len(calls) + 1 :], strict=True):
+        for (q, i), asked in zip(held, replies[len(calls) + 4 :], strict=True):
             if asked and asked[0]:
                 w.cancel_held(q, i)
         replies = replies[: len(calls)]

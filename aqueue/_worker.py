@@ -279,6 +279,7 @@ class Worker:
                         (SCRIPTS.requeue, (self._lease[q], k.pending, k.states, k.leases), args)
                     )
                 replies = await self._broker.run(lambda: self._broker.scripts(calls))
+                await self._leases.unregister()
                 back = sum(int(r) for r in replies)
                 if back:
                     log.info("returned %d unfinished task(s) to their queues", back)
