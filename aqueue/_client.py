@@ -21,7 +21,7 @@ from ._codec import (
     unique_digest,
 )
 from ._inspector import cancel_task
-from ._keys import queue_keys, queues_key
+from ._keys import queue_keys, queues_key, schedule_channel
 from ._mux import Handler
 from ._options import Resolved, check_options, resolve
 from ._task import State, TaskInfo, from_ms
@@ -218,7 +218,15 @@ class Client:
                 calls.append((SCRIPTS.enqueue, keys, args))
                 order.append(chunk)
         new = [q for q in by_queue if q not in self._known_queues]
-        extra = [("SADD", queues_key(prefix), *new)] if new else []
+        extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), *new)] if new else []
+        # Tell the workers about the earliest delayed task of each queue, in the same
+        # round trip, so a forwarder asleep until later wakes in time for it.
+        earliest: dict[str, int] = {}
+        for p in prepared:
+            if p.opts.due and p.opts.due < earliest.get(p.opts.queue, p.opts.due + 1):
+                earliest[p.opts.queue] = p.opts.due
+        for queue, due in earliest.items():
+            extra.append(("PUBLISH", schedule_channel(prefix), f"{queue}|{due}"))
         if self.durable if durable is None else durable:
             replies = await self._broker.run(lambda: self._write_durably(calls, extra))
         else:

@@ -110,3 +110,9 @@ def worker_key(prefix: str, worker_id: str) -> str:
 
 def cancel_channel(prefix: str) -> str:
     return f"{prefix}:cancel"
+
+
+def schedule_channel(prefix: str) -> str:
+    """Pub/sub: ``"<queue>|<due ms>"`` when a delayed task is written, so workers can
+    wake their forwarder for it instead of polling."""
+    return f"{prefix}:schedule"

@@ -27,7 +27,7 @@ import redis.exceptions as rexc
 
 from ._broker import SCRIPTS, Call
 from ._codec import encode_value
-from ._keys import cancel_channel, queues_key, worker_key, workers_key
+from ._keys import cancel_channel, queues_key, schedule_channel, worker_key, workers_key
 from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ log = logging.getLogger("aqueue.worker")
 
 # Due tasks moved per queue and forwarder call; a larger backlog takes several calls.
 FORWARD_BATCH = 1000
-# Upper bound on the forwarder's sleep, so tasks scheduled by other processes after it
-# went to sleep are noticed.
-FORWARD_MAX_SLEEP = 1.0
+# Upper bound on the forwarder's sleep. Delayed tasks written by clients wake it through
+# pub/sub; this only bounds the delay for one whose message was missed (a reconnect).
+FORWARD_MAX_SLEEP = 5.0
 
 
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError)
@@ -228,12 +228,17 @@ class LeaseKeeper:
         request for a task this worker runs can go by unheard."""
         w = self.w
         self._pubsub = w.broker.redis.pubsub(ignore_subscribe_messages=True)
+        prefix = w.broker.prefix
         await w.broker.run(
-            functools.partial(self._pubsub.subscribe, cancel_channel(w.broker.prefix))
+            functools.partial(
+                self._pubsub.subscribe, cancel_channel(prefix), schedule_channel(prefix)
+            )
         )
+        self._schedule_channel = schedule_channel(prefix).encode()
 
     async def cancel_loop(self) -> None:
-        """Listen for cancel requests (``Client.cancel``/``Inspector.cancel``).
+        """Listen for cancel requests (``Client.cancel``/``Inspector.cancel``) and for
+        delayed tasks due before the forwarder's next wake-up.
 
         After a reconnect, requests published meanwhile were missed: the heartbeat
         finds them in the persisted cancels set.
@@ -247,9 +252,14 @@ class LeaseKeeper:
                         await self.subscribe()
                         subscribed = True
                     message = await self._pubsub.get_message(timeout=None)
-                    if message is not None:
-                        queue, _, task_id = bytes(message["data"]).decode().partition("|")
-                        w.cancel_held(queue, task_id)
+                    if message is None:
+                        continue
+                    queue, _, rest = bytes(message["data"]).decode().partition("|")
+                    if message["channel"] == self._schedule_channel:
+                        if queue in w.queues and rest.isdigit():
+                            self.wake_forwarder(int(rest))
+                    else:
+                        w.cancel_held(queue, rest)
                 except (BrokerUnavailable, *_CONNECTION_ERRORS) as exc:
                     subscribed = False
                     with anyio.CancelScope(shield=True):
@@ -268,7 +278,10 @@ class LeaseKeeper:
         w = self.w
         broker = w.broker
         while True:
+            # Any wake-up from here on interrupts the coming sleep: one that arrives
+            # while the script runs may be for a task the script did not see.
             self._forward_event = anyio.Event()
+            self._forward_at = math.inf
             now = int(time.time() * 1000)
             calls: list[Call] = [
                 (SCRIPTS.forward, (k.scheduled, k.retry, k.pending, k.states), [now, FORWARD_BATCH])
