@@ -186,7 +186,10 @@ class Broker:
 
         Returns the scripts' replies in order, then the extra commands' replies. A reply
         that failed for a forgotten script is retried once after loading that script:
-        NOSCRIPT means the call never ran, so running it again is safe.
+        NOSCRIPT means the call never ran, so running it again is safe. The extra
+        commands then run again after the retried calls, so that they still follow the
+        scripts (a notice must not arrive before the write it announces): extras must
+        be idempotent.
         """
         if len(calls) == 1 and not extra:
             # One call needs no pipeline (and skips its overhead on the hot path).
@@ -207,8 +210,12 @@ class Broker:
             for i in missing:
                 script, keys, args = calls[i]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            for i, rep in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            for cmd in extra:
+                pipe.execute_command(*cmd)
+            again = await pipe.execute(raise_on_error=False)
+            for i, rep in zip(missing, again, strict=False):
                 replies[i] = rep
+            replies[len(calls) :] = again[len(missing) :]
         for rep in replies:
             if isinstance(rep, BaseException):
                 raise rep

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
+import anyio
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -20,16 +23,26 @@ from ._codec import (
     encode_payload,
     unique_digest,
 )
-from ._inspector import cancel_task
-from ._keys import queue_keys, queues_key, schedule_channel
+from ._inspector import Inspector, cancel_task
+from ._keys import done_channel, queue_keys, queues_key, schedule_channel
 from ._mux import Handler
 from ._options import Resolved, check_options, resolve
-from ._task import State, TaskInfo, from_ms
-from .errors import AqueueError, DuplicateTask, InvalidPayload, TaskIdConflict
+from ._task import State, TaskInfo, check_queue_name, from_ms
+from .errors import (
+    AqueueError,
+    BrokerUnavailable,
+    DuplicateTask,
+    InvalidPayload,
+    ResultTimeout,
+    TaskFailed,
+    TaskIdConflict,
+)
 
 P = TypeVar("P")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
+# Client.result re-reads the task this often (s) if no notice arrives.
+_RESULT_RECHECK = 5.0
 # Tasks per enqueue script call: bounds how long one call holds the server.
 _BATCH = 500
 
@@ -267,6 +280,74 @@ class Client:
                 "survive a server crash"
             )
         return replies
+
+    async def result(
+        self,
+        info_or_id: TaskInfo | str,
+        *,
+        queue: str = "default",
+        timeout: float | None = None,
+        on_progress: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Wait for a task's final state and return its handler's return value.
+
+        Raises ``TaskFailed`` (with the last error) if the task ended archived,
+        ``ResultTimeout`` after ``timeout`` seconds (``None`` waits without limit), and
+        ``AqueueError`` if the task keeps no result (``retention`` 0). Waits on pub/sub,
+        not by polling; ``on_progress`` is called with each ``ctx.progress`` value.
+        """
+        if isinstance(info_or_id, TaskInfo):
+            task_id, queue = info_or_id.id, info_or_id.queue
+        else:
+            task_id = info_or_id
+        check_queue_name(queue)
+        b = self._broker
+        inspector = Inspector(b.redis, timeout=b.timeout, prefix=b.prefix)
+        pubsub = b.redis.pubsub(ignore_subscribe_messages=True)
+        mine = task_id.encode()
+        try:
+            # Subscribe first, then read: a notice sent in between is not missed.
+            await b.run(functools.partial(pubsub.subscribe, done_channel(b.prefix, queue)))
+            with anyio.fail_after(timeout):
+                last_progress: Any = None
+                while True:
+                    task = await inspector.get_task(queue, task_id)
+                    if task.state == State.COMPLETED:
+                        return task.result
+                    if task.state == State.ARCHIVED:
+                        raise TaskFailed(
+                            f"task {task_id!r} in queue {queue!r} ended archived: "
+                            f"{task.last_error}",
+                            last_error=task.last_error,
+                        )
+                    if task.retention <= 0:
+                        raise AqueueError(
+                            f"task {task_id!r} keeps no result (retention 0): enqueue it with "
+                            "retention > 0 to wait for its result"
+                        )
+                    if on_progress is not None and task.progress != last_progress:
+                        last_progress = task.progress
+                        outcome = on_progress(task.progress)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+                    while True:
+                        # The notice wakes us; the slow timeout only bounds the wait for
+                        # one lost while the subscription reconnected.
+                        message = await pubsub.get_message(timeout=_RESULT_RECHECK)
+                        if message is None:
+                            break
+                        ids = bytes(message["data"]).partition(b"|")[2]
+                        if mine in ids.split(b","):
+                            break
+        except TimeoutError as exc:
+            if isinstance(exc, (BrokerUnavailable, ResultTimeout)):
+                raise
+            raise ResultTimeout(
+                f"task {task_id!r} in queue {queue!r} did not finish within {timeout:g} s"
+            ) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def cancel(self, queue: str, task_id: str) -> None:
         """Cancel a task, as ``Inspector.cancel`` does."""

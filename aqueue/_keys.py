@@ -116,3 +116,10 @@ def schedule_channel(prefix: str) -> str:
     """Pub/sub: ``"<queue>|<due ms>"`` when a delayed task is written, so workers can
     wake their forwarder for it instead of polling."""
     return f"{prefix}:schedule"
+
+
+def done_channel(prefix: str, queue: str) -> str:
+    """Pub/sub, per queue: ``"<kind>|<id>[,<id>...]"`` when tasks of the queue complete
+    (kept results), end archived or revoked, or report progress; what
+    ``Client.result`` waits on."""
+    return f"{prefix}:{{{queue}}}:done"

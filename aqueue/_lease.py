@@ -27,7 +27,14 @@ import redis.exceptions as rexc
 
 from ._broker import SCRIPTS, Call
 from ._codec import encode_value
-from ._keys import cancel_channel, queues_key, schedule_channel, worker_key, workers_key
+from ._keys import (
+    cancel_channel,
+    done_channel,
+    queues_key,
+    schedule_channel,
+    worker_key,
+    workers_key,
+)
 from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -200,9 +207,11 @@ class LeaseKeeper:
         pipe_cmds = [("ZRANGEBYSCORE", k.leases, "-inf", now) for k in w._keys.values()]
         expired = await broker.run(lambda: broker.scripts([], pipe_cmds))
         calls: list[Call] = []
+        reaped: list[str] = []
         for (q, k), wids in zip(w._keys.items(), expired, strict=True):
             if not wids:
                 continue
+            reaped.append(q)
             ids = [x.decode() for x in wids]
             keys = (
                 k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
@@ -215,6 +224,13 @@ class LeaseKeeper:
         replies = await broker.run(lambda: broker.scripts(calls))
         recovered = sum(int(r[0]) for r in replies)
         archived = sum(int(r[1]) for r in replies)
+        notices = [
+            ("PUBLISH", done_channel(broker.prefix, q), b"archived|" + b",".join(r[2:]))
+            for q, r in zip(reaped, replies, strict=True)
+            if len(r) > 2
+        ]
+        if notices:
+            await broker.run(lambda: broker.scripts([], notices))
         if recovered or archived:
             log.warning(
                 "recovered %d task(s) of lost workers (%d archived: retries spent)",

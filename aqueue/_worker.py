@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
 from ._codec import decode_message, encode_value
-from ._keys import QueueKeys, queue_keys
+from ._keys import QueueKeys, done_channel, queue_keys
 from ._lease import LeaseKeeper, today
 from ._mux import Mux
 from ._runner import Claimed, IsFailure, OnError, Outcome, RetryDelay, Runner
@@ -491,7 +491,9 @@ class Worker:
 
         async def progress(value: Any) -> None:
             data = encode_value(value)
-            await self._broker.run(lambda: self._broker.redis.hset(k.progress, c.id, data))
+            channel = done_channel(self._broker.prefix, c.queue)
+            commands = [("HSET", k.progress, c.id, data), ("PUBLISH", channel, f"progress|{c.id}")]
+            await self._broker.run(lambda: self._broker.scripts([], commands))
 
         outcome = await self._runner.run(c, progress)
         await self._record(c, outcome)
@@ -541,7 +543,12 @@ class Worker:
         )  # fmt: skip
         counted = "0" if o.kind in ("revoke", "again") else "1"
         args = [now, today(), c.id, c.token, o.kind, due, o.error[:4000], c.digest, counted]
-        ok = await self._persist(lambda: self._broker.script(SCRIPTS.fail, keys, args))
+        notices = []
+        if o.kind in ("archive", "revoke"):
+            kind = "archived" if o.kind == "archive" else "revoked"
+            notices = [("PUBLISH", done_channel(self._broker.prefix, c.queue), f"{kind}|{c.id}")]
+        call: Call = (SCRIPTS.fail, keys, args)
+        ok = (await self._persist(lambda: self._broker.scripts([call], notices)))[0]
         if not ok:
             log.warning(
                 "task %s (%s) on %s: late %s discarded, the task is no longer ours",
@@ -592,8 +599,15 @@ class Worker:
             for c, result in items:
                 args += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
             calls.append((SCRIPTS.ack, keys, args))
+        # Waiting Client.result calls hear of kept results in the same round trip.
+        notices = [
+            ("PUBLISH", done_channel(self._broker.prefix, q), "completed|" + ",".join(ids))
+            for q, items in batch.items()
+            if (ids := [c.id for c, _ in items if c.body.retention > 0])
+        ]
         try:
-            replies = await self._persist(lambda: self._broker.scripts(calls))
+            replies = await self._persist(lambda: self._broker.scripts(calls, notices))
+            replies = replies[: len(calls)]
         except BrokerUnavailable as exc:
             log.error(
                 "could not write %d ack(s) before the lease expired (%s); those tasks will "

@@ -45,7 +45,7 @@ class Q:
             k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, *(k.lease(w) for w in wids),
         )  # fmt: skip
         reply = await self.b.script(SCRIPTS.reap, keys, [now(), "2026-01-01", *wids])
-        return [int(x) for x in reply]
+        return [int(x) for x in reply[:2]]
 
     async def ack(self, wid: str, task_id: str, token: str) -> list[bytes]:
         k = self.k

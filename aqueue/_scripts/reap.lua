@@ -21,9 +21,10 @@
 -- recovered once. An active task counts a failed attempt ("worker lost") and is
 -- archived once its retries are spent; a task moved but never started goes back as it
 -- was. Recovered tasks go to the head of the queue: they have waited longest.
--- Returns {recovered, archived}.
+-- Returns {recovered, archived, archived ids...}.
 local now = tonumber(ARGV[1])
 local recovered, archived = 0, 0
+local archived_ids = {}
 for w = 3, #ARGV do
   local wid = ARGV[w]
   local lease = KEYS[w + 10]
@@ -56,6 +57,7 @@ for w = 3, #ARGV do
               redis.call('ZREM', KEYS[11], digest)
             end
             archived = archived + 1
+            archived_ids[#archived_ids + 1] = id
           else
             redis.call('HSET', KEYS[4], id, 'pending')
             redis.call('RPUSH', KEYS[2], id)
@@ -70,4 +72,6 @@ for w = 3, #ARGV do
     redis.call('ZREM', KEYS[1], wid)
   end
 end
-return {recovered, archived}
+local out = {recovered, archived}
+for _, id in ipairs(archived_ids) do out[#out + 1] = id end
+return out
