@@ -63,6 +63,7 @@ class Scripts:
         self.reap = Script("reap")
         self.orphans = Script("orphans")
         self.cancel = Script("cancel")
+        self.janitor = Script("janitor")
 
 
 SCRIPTS = Scripts()

@@ -28,6 +28,7 @@ import redis.exceptions as rexc
 from ._broker import SCRIPTS, Call
 from ._codec import encode_value
 from ._keys import (
+    QueueKeys,
     cancel_channel,
     done_channel,
     queues_key,
@@ -44,6 +45,8 @@ log = logging.getLogger("aqueue.worker")
 
 # Due tasks moved per queue and forwarder call; a larger backlog takes several calls.
 FORWARD_BATCH = 1000
+# Deletions of each kind per queue and janitor call.
+JANITOR_BATCH = 500
 # Upper bound on the forwarder's sleep. Delayed tasks written by clients wake it through
 # pub/sub; this only bounds the delay for one whose message was missed (a reconnect).
 FORWARD_MAX_SLEEP = 5.0
@@ -195,6 +198,7 @@ class LeaseKeeper:
         while True:
             try:
                 await self.reap()
+                await self.sweep()
             except BrokerUnavailable as exc:
                 await self.w._outage(exc, sleep=0)
             # Jitter spreads the reapers of many workers over the interval.
@@ -285,6 +289,22 @@ class LeaseKeeper:
             with anyio.CancelScope(shield=True):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def sweep(self) -> int:
+        """Delete expired completed tasks, trim the archive, drop expired unique locks
+        (janitor.lua), in bounded calls until nothing is left to do."""
+        w = self.w
+        broker = w.broker
+        total = 0
+        queues = list(w._keys.values())
+        while queues:
+            now = int(time.time() * 1000)
+            args = [now, w.max_archived, int(w.archive_ttl * 1000), JANITOR_BATCH]
+            calls: list[Call] = [(SCRIPTS.janitor, _janitor_keys(k), args) for k in queues]
+            replies = await broker.run(functools.partial(broker.scripts, calls))
+            total += sum(int(r[0]) for r in replies)
+            queues = [k for k, r in zip(queues, replies, strict=True) if int(r[2])]
+        return total
+
     def wake_forwarder(self, due_ms: int) -> None:
         """Make the forwarder run no later than ``due_ms``."""
         if due_ms / 1000 < self._forward_at and self._forward_event is not None:
@@ -318,6 +338,13 @@ class LeaseKeeper:
             self._forward_at = wake
             with anyio.move_on_after(max(0.0, wake - time.time())):
                 await self._forward_event.wait()
+
+
+def _janitor_keys(k: QueueKeys) -> tuple[str, ...]:
+    return (
+        k.completed, k.archived, k.tasks, k.states, k.retried, k.errors, k.failed_at,
+        k.results, k.progress, k.uniq, k.uniq_exp, k.cancels,
+    )  # fmt: skip
 
 
 def _text(value: Any) -> str:

@@ -68,6 +68,8 @@ class Worker:
         scheduler: bool = True,
         timeout: float = 5.0,
         batch_size: int = 100,
+        max_archived: int = 10_000,
+        archive_ttl: float = 90 * 86400,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if not isinstance(mux, Mux):
@@ -83,7 +85,7 @@ class Worker:
             "shutdown_timeout": shutdown_timeout, "lease_ttl": lease_ttl,
             "retry_delay": retry_delay, "is_failure": is_failure, "on_error": on_error,
             "scheduler": scheduler, "timeout": timeout, "batch_size": batch_size,
-            "prefix": prefix,
+            "max_archived": max_archived, "archive_ttl": archive_ttl, "prefix": prefix,
         }  # fmt: skip
         self.queues = _weights(queues)
         self.concurrency = concurrency
@@ -92,6 +94,10 @@ class Worker:
         self.lease_ttl = seconds(lease_ttl, "lease_ttl", allow_zero=False)
         self.scheduler = scheduler
         self.batch_size = batch_size
+        if not isinstance(max_archived, int) or max_archived < 0:
+            raise AqueueError(f"max_archived must be an int >= 0, got {max_archived!r}")
+        self.max_archived = max_archived
+        self.archive_ttl = seconds(archive_ttl, "archive_ttl")
         self.id = uuid.uuid4().hex[:16]
         # Blocking claims hold a connection for BLOCK_SECONDS: reads may take that long.
         # One connection per blocking claim, per handler writing progress, plus the
