@@ -5,6 +5,7 @@ modules is internal and may change.
 """
 
 from ._client import Client, Job
+from ._cron import CronEntry, CronRun
 from ._inspector import Inspector
 from ._mux import Context, Handler, Mux
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
@@ -35,6 +36,8 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "Context",
+    "CronEntry",
+    "CronRun",
     "DailyStats",
     "DuplicateTask",
     "Handler",

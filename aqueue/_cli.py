@@ -1,4 +1,5 @@
-"""The ``aqueue`` command: ``worker`` and ``dev`` (admin commands come with the Inspector).
+"""The ``aqueue`` command: ``worker`` and ``dev`` here, the admin commands (``stats``,
+``queue``, ``task``, ``workers``) in ``_cli_admin``.
 
 Exit codes: 0 ok, 1 error (server unreachable, ...), 2 usage (bad arguments, a
 MODULE:ATTR that does not name a Mux or Worker).
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 
 import anyio
 
+from . import _cli_admin
 from ._mux import Mux
 from ._worker import Worker
 from .errors import AqueueError
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--port", type=_positive_int, help="port of the embedded server (default: a free one)"
     )
+    _cli_admin.add_commands(sub)
     return parser
 
 
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = {"worker": cmd_worker, "dev": cmd_dev}
     try:
+        if hasattr(args, "admin"):
+            return _cli_admin.run(args)
         return commands[args.command](args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)

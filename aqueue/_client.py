@@ -24,7 +24,7 @@ from ._codec import (
     unique_digest,
 )
 from ._inspector import Inspector, cancel_task
-from ._keys import done_channel, queue_keys, queues_key, schedule_channel
+from ._keys import QueueKeys, done_channel, queue_keys, queues_key, schedule_channel
 from ._mux import Handler
 from ._options import Resolved, check_options, resolve
 from ._task import State, TaskInfo, check_queue_name, from_ms
@@ -222,10 +222,19 @@ class Client:
         order: list[list[int]] = []
         for queue, idxs in by_queue.items():
             k = queue_keys(prefix, queue)
-            keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp)
+            keys = (
+                k.pending,
+                k.scheduled,
+                k.tasks,
+                k.states,
+                k.uniq,
+                k.uniq_exp,
+                k.cron,
+                k.cronlog,
+            )
             for start in range(0, len(idxs), _BATCH):
                 chunk = idxs[start : start + _BATCH]
-                args: list[Any] = [now]
+                args: list[Any] = [now, "", 0, 0]
                 for i in chunk:
                     args.extend(prepared[i].args)
                 calls.append((SCRIPTS.enqueue, keys, args))
@@ -367,6 +376,10 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def enqueue_keys(k: QueueKeys) -> tuple[str, ...]:
+    return (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, k.cron, k.cronlog)
 
 
 def _check_payload(handler: Handler[Any, Any], payload: Any, data: bytes) -> None:

@@ -23,6 +23,9 @@ lives in one Redis Cluster slot and every script touches one slot only:
 ``paused``       STRING exists while paused
 ``stats``        HASH   ``p``/``f`` totals, ``p:<day>``/``f:<day>`` per UTC day
 ``cancels``      SET    ids of active tasks whose cancellation was asked
+``cron``         HASH   cron entry -> last tick enqueued (ms)
+``crondef``      HASH   cron entry -> its definition (spec, tz, task), for the Inspector
+``cronlog``      LIST   recent cron enqueues ``<entry>|<tick ms>|<id>``, newest first
 ===============  =====  ====================================================
 
 Task data lives in per-queue hashes rather than one key per task, so that a script
@@ -47,6 +50,9 @@ class QueueKeys:
         "base",
         "cancels",
         "completed",
+        "cron",
+        "crondef",
+        "cronlog",
         "errors",
         "failed_at",
         "leases",
@@ -84,6 +90,9 @@ class QueueKeys:
         self.paused = b + "paused"
         self.stats = b + "stats"
         self.cancels = b + "cancels"
+        self.cron = b + "cron"
+        self.crondef = b + "crondef"
+        self.cronlog = b + "cronlog"
 
     def lease(self, worker_id: str) -> str:
         return f"{self.base}l:{worker_id}"

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
+from ._cron import CronSpec, check_spec
 from ._options import OPTION_NAMES, check_options
 from .errors import AqueueError
 
@@ -152,6 +153,45 @@ class _Decorator:
         return self._mux.handle(self._name, fn, **self._options)
 
 
+class _CronDecorator:
+    def __init__(
+        self,
+        mux: Mux,
+        spec: str,
+        name: str | None,
+        tz: str,
+        catch_up: str,
+        catch_up_max: int,
+        options: dict[str, Any],
+    ) -> None:
+        self._mux, self._spec, self._name, self._tz = mux, spec, name, tz
+        self._catch_up, self._catch_up_max, self._options = catch_up, catch_up_max, options
+
+    @overload
+    def __call__(self, fn: Callable[[Context], Awaitable[R]]) -> Handler[None, R]: ...
+    @overload
+    def __call__(self, fn: Callable[[Context], R]) -> Handler[None, R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Handler[Any, Any]:
+        name = self._name or f"{fn.__module__}.{fn.__qualname__}"
+        # Validate the schedule before registering anything, so a bad one leaves no half.
+        cron = CronSpec(
+            name,
+            self._spec,
+            name,
+            None,
+            self._options,
+            tz=self._tz,
+            catch_up=self._catch_up,
+            catch_up_max=self._catch_up_max,
+        )
+        if name in self._mux._cron:
+            raise AqueueError(f"cron entry {name!r} is already registered")
+        handler = self._mux.handle(name, fn, **self._options)
+        cron.task = handler
+        self._mux._add_cron(cron)
+        return handler
+
+
 class Mux:
     """Maps task type names to handlers, with middleware.
 
@@ -163,6 +203,7 @@ class Mux:
         self._entries: dict[str, _Entry] = {}
         self._middleware: list[Middleware] = []
         self._prefixes: list[str] = []
+        self._cron: dict[str, CronSpec] = {}
 
     def task(self, name: str, **options: Any) -> _Decorator:
         """Register the decorated function as the handler of ``name``.
@@ -185,6 +226,66 @@ class Mux:
         self._add(name, _Entry(handler, (self._middleware,)))
         return handler
 
+    def cron(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        catch_up_max: int = 100,
+        **options: Any,
+    ) -> _CronDecorator:
+        """Run the decorated function on a schedule; it is registered as a task too.
+
+        ``spec`` is croniter syntax (5 fields, or 6 with seconds last) in time zone
+        ``tz``. The task name, which is also the schedule's name, defaults to
+        ``module.qualname``. ``catch_up`` says what a scheduler starting after every
+        worker was down does with ticks it missed: ``"latest"`` enqueues the latest one
+        once, ``"skip"`` none, ``"all"`` each of them (at most ``catch_up_max``).
+        ``options`` are the enqueue options of every tick's task.
+        """
+        check_spec(spec, tz)
+        return _CronDecorator(self, spec, name, tz, catch_up, catch_up_max, options)
+
+    def cron_task(
+        self,
+        spec: str,
+        name: str | Handler[Any, Any],
+        payload: Any = None,
+        *,
+        entry: str | None = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        catch_up_max: int = 100,
+        **options: Any,
+    ) -> CronSpec:
+        """Enqueue an existing task (a handler or a type name) with ``payload`` on a
+        schedule. The schedule's name (``entry``) defaults to ``"<task>@<spec>"``; give
+        one when the same task is scheduled twice with the same spec."""
+        task_type = name if isinstance(name, str) else name.name
+        cron = CronSpec(
+            entry or f"{task_type}@{spec}",
+            spec,
+            name,
+            payload,
+            options,
+            tz=tz,
+            catch_up=catch_up,
+            catch_up_max=catch_up_max,
+        )
+        self._add_cron(cron)
+        return cron
+
+    def _add_cron(self, cron: CronSpec) -> None:
+        if cron.name in self._cron:
+            raise AqueueError(f"cron entry {cron.name!r} is already registered")
+        self._cron[cron.name] = cron
+
+    @property
+    def cron_entries(self) -> list[CronSpec]:
+        return list(self._cron.values())
+
     def use(self, middleware: Middleware) -> None:
         """Add middleware ``async def mw(ctx, call_next)``; the first added runs outermost."""
         if not callable(middleware):
@@ -199,8 +300,12 @@ class Mux:
         clash = sorted(set(self._entries) & set(other._entries))
         if clash:
             raise AqueueError(f"task name(s) {clash} are registered in both muxes")
+        clash = sorted(set(self._cron) & set(other._cron))
+        if clash:
+            raise AqueueError(f"cron entry name(s) {clash} are registered in both muxes")
         for name, entry in other._entries.items():
             self._add(name, _Entry(entry.handler, (self._middleware, *entry.chains)))
+        self._cron.update(other._cron)
 
     def _add(self, name: str, entry: _Entry) -> None:
         if name in self._entries:

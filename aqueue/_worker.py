@@ -34,6 +34,7 @@ from ._keys import QueueKeys, done_channel, queue_keys
 from ._lease import LeaseKeeper, today
 from ._mux import Mux
 from ._runner import Claimed, IsFailure, OnError, Outcome, RetryDelay, Runner
+from ._scheduler import Scheduler
 from ._task import check_queue_name, seconds
 from .errors import AqueueError, BrokerUnavailable
 
@@ -227,6 +228,8 @@ class Worker:
                 background.start_soon(self._leases.forward_loop)
                 background.start_soon(self._ack_loop)
                 background.start_soon(self._leases.cancel_loop)
+                if self.scheduler and self.mux.cron_entries:
+                    background.start_soon(Scheduler(self).run)
                 async with anyio.create_task_group() as handlers:
                     self._handlers = handlers
                     with self._claim_scope:

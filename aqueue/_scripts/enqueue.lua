@@ -6,16 +6,30 @@
 -- KEYS[4] states     HASH  id -> state ("pending", "scheduled", "@<token>" when active, ...)
 -- KEYS[5] uniq       HASH  unique digest -> id holding the lock
 -- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)
+-- KEYS[7] cron       HASH  cron entry -> last tick enqueued (ms)
+-- KEYS[8] cronlog    LIST  "<entry>|<tick ms>|<id>" of recent cron enqueues, newest first
 -- ARGV[1] now (ms)
--- ARGV[2..] groups of 5: id, message, due (ms, 0 = now), unique digest ("" = none),
+-- ARGV[2] cron entry ("" = not a cron tick)
+-- ARGV[3] cron tick (ms)
+-- ARGV[4] how many cronlog items to keep
+-- ARGV[5..] groups of 5: id, message, due (ms, 0 = now), unique digest ("" = none),
 --          unique ttl (ms)
 --
--- Returns one reply per task: "ok", {"conflict", state} or {"dup", holder id}.
+-- Returns one reply per task: "ok", {"conflict", state} or {"dup", holder id}; or
+-- "skip" when the cron tick was already enqueued (by this or any other worker): the
+-- check and the write are one atomic step, so each tick is enqueued exactly once.
 -- A task is checked and written as a unit, so a refused task writes nothing; the
 -- tasks of one call are independent (one refusal does not undo the others).
 local now = tonumber(ARGV[1])
+local entry, tick = ARGV[2], tonumber(ARGV[3])
+if entry ~= '' then
+  if tonumber(redis.call('HGET', KEYS[7], entry) or '-1') >= tick then return 'skip' end
+  redis.call('HSET', KEYS[7], entry, tick)
+  redis.call('LPUSH', KEYS[8], entry .. '|' .. tick .. '|' .. ARGV[5])
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[4]) - 1)
+end
 local out = {}
-for i = 2, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local id, msg, due, digest = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
   local state = redis.call('HGET', KEYS[4], id)
   if state then

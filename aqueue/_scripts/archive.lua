@@ -1,0 +1,70 @@
+-- archive: move pending, scheduled or retry tasks of one queue to archived, without
+-- running them and without recording an error (Inspector.archive_task and archive_all).
+--
+-- KEYS[1] states     HASH  id -> state
+-- KEYS[2] pending    LIST
+-- KEYS[3] scheduled  ZSET
+-- KEYS[4] retry      ZSET
+-- KEYS[5] archived   ZSET  id -> archive time (ms)
+-- KEYS[6] tasks      HASH  id -> "<max_retry>|<unique digest>|<body>"
+-- KEYS[7] uniq       HASH  unique digest -> id holding the lock
+-- KEYS[8] uniq_exp   ZSET  unique digest -> lock expiry (ms)
+-- ARGV[1] "one" or "all"
+-- ARGV[2] one: the task id; all: the state to take tasks from ("pending", "scheduled",
+--         "retry")
+-- ARGV[3] now (ms)
+-- ARGV[4] all: at most this many ids per call (bounds the script's run time)
+--
+-- Archived is a final state, so a unique lock the task holds is released.
+-- one: returns the task's state before the call (it moved only if that was pending,
+--      scheduled or retry), or false when there is no such task.
+-- all: returns {moved, taken, moved ids...}: ids taken off the source count in "taken";
+--      pending tasks are taken from the head of the queue. An id whose state says
+--      otherwise is a stale entry: it is dropped, not moved.
+local now = tonumber(ARGV[3])
+local sets = {scheduled = KEYS[3], retry = KEYS[4]}
+
+local function archive(id)
+  redis.call('HSET', KEYS[1], id, 'archived')
+  redis.call('ZADD', KEYS[5], now, id)
+  local msg = redis.call('HGET', KEYS[6], id)
+  local digest = msg and string.match(msg, '^%d+|([^|]*)|') or ''
+  if digest ~= '' and redis.call('HGET', KEYS[7], digest) == id then
+    redis.call('HDEL', KEYS[7], digest)
+    redis.call('ZREM', KEYS[8], digest)
+  end
+end
+
+if ARGV[1] == 'one' then
+  local id = ARGV[2]
+  local state = redis.call('HGET', KEYS[1], id)
+  if not state then return false end
+  if state == 'pending' then
+    -- O(length of the queue), like cancel.lua: fine for one task.
+    redis.call('LREM', KEYS[2], 0, id)
+  elseif sets[state] then
+    redis.call('ZREM', sets[state], id)
+  else
+    return state
+  end
+  archive(id)
+  return state
+end
+
+local state, limit = ARGV[2], tonumber(ARGV[4])
+local ids = {}
+if state == 'pending' then
+  ids = redis.call('RPOP', KEYS[2], limit) or {}
+else
+  local popped = redis.call('ZPOPMIN', sets[state], limit)
+  for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+end
+local out = {0, #ids}
+for _, id in ipairs(ids) do
+  if redis.call('HGET', KEYS[1], id) == state then
+    archive(id)
+    out[1] = out[1] + 1
+    out[#out + 1] = id
+  end
+end
+return out
