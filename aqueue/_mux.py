@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, overload
 
 from ._cron import CronSpec, check_spec
@@ -26,9 +26,11 @@ class Context:
     """What a handler knows about the attempt it is running."""
 
     __slots__ = (
+        "_deadline",
+        "_deadline_ms",
+        "_enqueued",
+        "_enqueued_ms",
         "_progress",
-        "deadline",
-        "enqueued_at",
         "headers",
         "max_retry",
         "queue",
@@ -45,20 +47,40 @@ class Context:
         queue: str,
         retry_count: int,
         max_retry: int,
-        deadline: datetime | None,
-        enqueued_at: datetime | None,
+        deadline: datetime | None = None,
+        enqueued_at: datetime | None = None,
         headers: Mapping[str, str],
         progress: ProgressSink | None = None,
+        deadline_ms: int = 0,
+        enqueued_at_ms: int = 0,
     ) -> None:
         self.task_id = task_id
         self.task_type = task_type
         self.queue = queue
         self.retry_count = retry_count
         self.max_retry = max_retry
-        self.deadline = deadline
-        self.enqueued_at = enqueued_at
+        # Times may come as epoch ms and become datetimes only if a handler asks:
+        # building two datetimes per task is a measurable cost on the hot path.
+        self._deadline = deadline
+        self._deadline_ms = deadline_ms
+        self._enqueued = enqueued_at
+        self._enqueued_ms = enqueued_at_ms
         self.headers = dict(headers)
         self._progress = progress
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When this attempt is cancelled (the earlier of timeout and deadline)."""
+        if self._deadline is None and self._deadline_ms:
+            self._deadline = datetime.fromtimestamp(self._deadline_ms / 1000, tz=UTC)
+        return self._deadline
+
+    @property
+    def enqueued_at(self) -> datetime | None:
+        """When the task was enqueued."""
+        if self._enqueued is None and self._enqueued_ms:
+            self._enqueued = datetime.fromtimestamp(self._enqueued_ms / 1000, tz=UTC)
+        return self._enqueued
 
     async def progress(self, value: Any) -> None:
         """Publish how far the task has come (any msgspec-encodable value)."""

@@ -23,6 +23,7 @@ from ._task import TaskInfo, from_ms
 from .errors import InvalidPayload, Retry, Revoke, SkipRetry
 
 log = logging.getLogger("aqueue.worker")
+_NO_HEADERS: dict[str, str] = {}
 
 RetryDelay = Callable[[int, BaseException, TaskInfo], float]
 IsFailure = Callable[[BaseException], bool]
@@ -124,6 +125,8 @@ class Runner:
         self.limiter = limiter
 
     async def run(self, task: Claimed, progress: ProgressSink | None) -> Outcome:
+        if task.reason is not None:  # cancelled (e.g. shutdown) before it could start
+            return self._interrupted(task)
         body = task.body
         entry = self.mux.resolve(body.type)
         if entry is None:
@@ -150,9 +153,9 @@ class Runner:
             queue=task.queue,
             retry_count=task.retried,
             max_retry=task.max_retry,
-            deadline=from_ms(int((now + limit) * 1000)) if limit != math.inf else None,
-            enqueued_at=from_ms(body.enqueued_at),
-            headers=body.headers or {},
+            deadline_ms=int((now + limit) * 1000) if limit != math.inf else 0,
+            enqueued_at_ms=body.enqueued_at,
+            headers=body.headers or _NO_HEADERS,
             progress=progress,
         )
         payload: Any = None

@@ -14,6 +14,7 @@ once its ack is written, so the worker never holds more claimed tasks than slots
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import redis.asyncio as aioredis
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
 from ._codec import decode_message, encode_value
@@ -230,13 +232,20 @@ class Worker:
                 background.start_soon(self._leases.cancel_loop)
                 if self.scheduler and self.mux.cron_entries:
                     background.start_soon(Scheduler(self).run)
+                # One long-lived runner per slot, fed claimed tasks through a stream:
+                # spawning a task per handler costs more than a no-op handler itself.
+                ready, receive = anyio.create_memory_object_stream[Claimed](math.inf)
+                self._ready = ready
                 async with anyio.create_task_group() as handlers:
-                    self._handlers = handlers
-                    with self._claim_scope:
-                        async with anyio.create_task_group() as blockers:
-                            self._blockers = blockers
-                            await self._dispatch()
-                    await self._drain()
+                    with receive:
+                        for _ in range(self.concurrency):
+                            handlers.start_soon(self._run_slot, receive.clone())
+                    with ready:  # closing it lets the runners end once they are idle
+                        with self._claim_scope:
+                            async with anyio.create_task_group() as blockers:
+                                self._blockers = blockers
+                                await self._dispatch()
+                        await self._drain()
                 await self._finish()
                 background.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -491,9 +500,14 @@ class Worker:
             log.debug(
                 "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
             )
-        self._handlers.start_soon(self._handle, c)
+        self._ready.send_nowait(c)
 
     # -- running and recording outcomes ------------------------------------------------
+
+    async def _run_slot(self, receive: MemoryObjectReceiveStream[Claimed]) -> None:
+        async with receive:
+            async for c in receive:
+                await self._handle(c)
 
     async def _handle(self, c: Claimed) -> None:
         k = self._keys[c.queue]

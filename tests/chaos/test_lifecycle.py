@@ -88,8 +88,10 @@ async def test_deadline_reached_while_running_cancels_the_attempt(
     aqueue_url: str, peek: Peek, workers: list[WorkerProcess]
 ) -> None:
     workers.append(WorkerProcess(aqueue_url))
-    deadline = datetime.now(UTC) + timedelta(seconds=1)
     async with aqueue.Client(aqueue_url) as client:
+        warm = await client.enqueue("life:sleep", 0)  # the worker is up once this ran
+        await wait_for(lambda: _has(peek, warm.id, "done"), timeout=15)
+        deadline = datetime.now(UTC) + timedelta(seconds=1)
         info = await client.enqueue("life:sleep", 30, deadline=deadline, max_retry=0)
     await wait_for(lambda: _state_is(peek, info.id, "archived"), timeout=15)
     error = await peek.error(info.id)
