@@ -31,6 +31,7 @@ class Context:
         "_enqueued",
         "_enqueued_ms",
         "_progress",
+        "cancelled_by",
         "headers",
         "max_retry",
         "queue",
@@ -67,6 +68,9 @@ class Context:
         self._enqueued_ms = enqueued_at_ms
         self.headers = dict(headers)
         self._progress = progress
+        # Why the worker cancelled this attempt: "shutdown", "lost" or "cancel"; a
+        # timeout leaves it None (the time ran out at ``deadline``).
+        self.cancelled_by: str | None = None
 
     @property
     def deadline(self) -> datetime | None:

@@ -41,6 +41,7 @@ class Claimed:
 
     __slots__ = (
         "body",
+        "ctx",
         "digest",
         "id",
         "max_retry",
@@ -62,12 +63,15 @@ class Claimed:
         self.body = body
         self.retried = retried
         self.scope: anyio.CancelScope | None = None
+        self.ctx: Context | None = None
         # Why the worker cancelled the handler: "shutdown", "lost", "cancel" or None.
         self.reason: str | None = None
 
     def cancel(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+            if self.ctx is not None:
+                self.ctx.cancelled_by = reason
         if self.scope is not None:
             self.scope.cancel()
 
@@ -158,6 +162,7 @@ class Runner:
             headers=body.headers or _NO_HEADERS,
             progress=progress,
         )
+        task.ctx = ctx
         payload: Any = None
         if handler.takes_payload:
             try:

@@ -24,15 +24,14 @@ blocking exporter behind ``aqueue metrics``.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import anyio
 import anyio.abc
@@ -52,7 +51,7 @@ from ._broker import DEFAULT_PREFIX, DEFAULT_URL, redacted
 from ._inspector import Inspector
 from ._mux import Context
 from ._task import QueueInfo, State, check_queue_name, seconds
-from .errors import AqueueError, QueueNotFound, Retry, Revoke, SkipRetry
+from .errors import AqueueError, BrokerUnavailable, QueueNotFound, Retry, Revoke, SkipRetry
 
 __all__ = [
     "DEFAULT_PORT",
@@ -188,8 +187,7 @@ class TaskMetrics:
 
     async def __call__(self, ctx: Context, call_next: CallNext) -> Any:
         s = self._get(ctx.queue, ctx.task_type)
-        timeout_at = _timeout_time(ctx)
-        started = time.perf_counter()
+        started, started_wall = time.monotonic(), time.time()
         s.in_flight.inc()
         try:
             result = await call_next()
@@ -197,7 +195,7 @@ class TaskMetrics:
             # The worker cancels the handler at its timeout, and also at a shutdown, a
             # lost lease or a cancel request: only the first is an attempt that failed.
             # Counted, never swallowed: the worker needs the cancellation.
-            if anyio.current_time() >= timeout_at:
+            if _timed_out(ctx, started, started_wall):
                 self._failed(s, ctx, TimeoutError("the task timed out"), started)
             raise
         except Exception as exc:
@@ -205,13 +203,13 @@ class TaskMetrics:
             raise
         finally:
             s.in_flight.dec()
-        s.duration.observe(time.perf_counter() - started)
+        s.duration.observe(time.monotonic() - started)
         s.processed.inc()
         return result
 
     def _failed(self, s: _Series, ctx: Context, exc: BaseException, started: float) -> None:
         """Classify a failed attempt as the worker's runner does."""
-        s.duration.observe(time.perf_counter() - started)
+        s.duration.observe(time.monotonic() - started)
         if isinstance(exc, Revoke):
             s.revoked.inc()
             return
@@ -235,18 +233,22 @@ class TaskMetrics:
             return True  # as the worker does
 
 
-def _timeout_time(ctx: Context) -> float:
-    """The event loop time (``anyio.current_time()``) at which the worker's timeout
-    cancels this attempt; ``inf`` when it has none.
+def _timed_out(ctx: Context, started: float, started_wall: float) -> bool:
+    """Whether a cancellation arriving now is the worker's timeout, for an attempt that
+    started at ``time.monotonic()`` ``started`` and ``time.time()`` ``started_wall``.
 
-    The worker sets ``ctx.deadline`` (wall clock, rounded down to the millisecond) from
-    the same instant as its cancel scope (event loop clock), just before the attempt
-    starts: converted here, it is never later than the scope's deadline, so a
-    cancellation arriving at or after it is the timeout.
+    The worker cancels at ``ctx.deadline``, computed (wall clock, rounded down to the
+    millisecond) from the same instant as its cancel scope (monotonic clock) just
+    before the attempt started. So the time left at the start, run down on the
+    monotonic clock, never outlasts the scope: a cancellation after it is the timeout;
+    shutdowns, lost leases and cancel requests come earlier. Comparing elapsed times
+    keeps wall clock adjustments out, and reading ``ctx.deadline`` only here keeps its
+    datetime off the path of attempts that are not cancelled.
     """
-    if ctx.deadline is None:
-        return math.inf
-    return anyio.current_time() + (ctx.deadline.timestamp() - time.time())
+    deadline = ctx.deadline
+    if deadline is None:
+        return False
+    return time.monotonic() - started >= deadline.timestamp() - started_wall
 
 
 # -- per queue: the collector ---------------------------------------------------------
@@ -296,6 +298,7 @@ class QueueCollector:
         timeout: float = 5.0,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        # registry=None: registered nowhere (register it yourself).
         if isinstance(queues, str):
             raise AqueueError(f"queues must be a list of queue names, got {queues!r}")
         self.queues = [check_queue_name(q) for q in queues] if queues is not None else None
@@ -316,7 +319,9 @@ class QueueCollector:
             infos = await self._queue_infos()
         except Exception as exc:
             if not self._failing:
-                log.warning("cannot read the queues for metrics: %s", exc)
+                # A server that is down is expected; anything else gets its traceback.
+                trace = not isinstance(exc, BrokerUnavailable)
+                log.warning("cannot read the queues for metrics: %s", exc, exc_info=trace)
             self._failing = True
             self._snapshot = _Snapshot(self._last_success(), False, ())
             return
@@ -355,6 +360,8 @@ class QueueCollector:
             await self.refresh()
 
     async def __aenter__(self) -> QueueCollector:
+        if self._tg is not None:
+            raise AqueueError("this QueueCollector is already running")
         await self.refresh()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -458,7 +465,8 @@ class Exporter:
     """Serves ``registry`` at ``http://host:port/metrics`` from a thread of its own.
 
     ``port=0`` picks a free port (read it back from ``.port``). Use as a context
-    manager, or call ``start()`` and ``stop()``.
+    manager, or call ``start()`` and ``stop()``; stopping waits for the server thread,
+    up to half a second.
     """
 
     def __init__(
@@ -473,7 +481,7 @@ class Exporter:
         self.registry = registry
         self.host = host
         self._port = port
-        self._server: Any = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -533,25 +541,23 @@ def serve(
 
     Blocks, running its own event loop. A server that is down does not stop it: it
     reports ``aqueue_collector_up 0`` until the server answers. Raises ``AqueueError``
-    when the port cannot be listened on.
+    for a bad argument before anything starts, and when the port cannot be listened on.
     """
-    anyio.run(functools.partial(_serve, url, port, host, queues, interval, timeout))
-
-
-async def _serve(
-    url: str,
-    port: int,
-    host: str,
-    queues: Sequence[str] | None,
-    interval: float,
-    timeout: float,
-) -> None:
     registry = CollectorRegistry()
     collector = QueueCollector(
         url, queues=queues, interval=interval, registry=registry, timeout=timeout
     )
-    with Exporter(registry, port=port, host=host) as exporter:
-        log.info("serving the queue metrics of %s at %s", redacted(url), exporter.url)
+    exporter = Exporter(registry, port=port, host=host)
+    anyio.run(_serve, collector, exporter)
+
+
+async def _serve(collector: QueueCollector, exporter: Exporter) -> None:
+    with exporter:
+        log.info(
+            "serving the queue metrics of %s at %s",
+            redacted(collector.inspector.broker.url),
+            exporter.url,
+        )
         async with collector:
             await _until_signal()
     log.info("metrics exporter stopped")

@@ -19,7 +19,6 @@ tracing costs nothing.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -62,7 +61,7 @@ class TracingMiddleware:
 
     async def __call__(self, ctx: Context, call_next: CallNext) -> Any:
         parent = propagate.extract(ctx.headers)
-        timeout_at = _timeout_time(ctx)
+        started, started_wall = time.monotonic(), time.time()
         attributes: dict[str, str | int] = {
             "messaging.system": "aqueue",
             "messaging.operation.type": "process",
@@ -86,7 +85,7 @@ class TracingMiddleware:
                 span.add_event("revoked")  # dropped on purpose: not an error
                 raise
             except anyio.get_cancelled_exc_class():
-                if anyio.current_time() >= timeout_at:
+                if _timed_out(ctx, started, started_wall):
                     span.set_status(Status(StatusCode.ERROR, "the task timed out"))
                 else:
                     # A shutdown, a lost lease or a cancel request: the worker decides.
@@ -98,9 +97,10 @@ class TracingMiddleware:
                 raise
 
 
-def _timeout_time(ctx: Context) -> float:
-    """The event loop time at which the worker's timeout cancels this attempt (``inf``
-    without one); see ``aqueue.metrics`` for why this is exact enough."""
-    if ctx.deadline is None:
-        return math.inf
-    return anyio.current_time() + (ctx.deadline.timestamp() - time.time())
+def _timed_out(ctx: Context, started: float, started_wall: float) -> bool:
+    """Whether a cancellation arriving now is the worker's timeout (see the function of
+    the same name in ``aqueue.metrics``, which this module must not import)."""
+    deadline = ctx.deadline
+    if deadline is None:
+        return False
+    return time.monotonic() - started >= deadline.timestamp() - started_wall

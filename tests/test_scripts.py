@@ -207,3 +207,22 @@ async def test_orphans_returns_unknown_ids_of_a_live_lease_and_keeps_held_ones(
     assert [text(i) for i in await q.b.redis.lrange(k.lease("w1"), 0, -1)] == [held.id]
     assert await q.state(lost.id) == "pending"
     assert text(await q.b.redis.lindex(k.pending, -1)) == lost.id
+
+
+async def test_claim_ignores_a_blocking_move_reply_that_came_too_late(
+    q: Q, client: aqueue.Client
+) -> None:
+    info = await client.enqueue("t")
+    await q.register("A")
+    await q.b.redis.lmove(q.k.pending, q.k.lease("A"), "RIGHT", "LEFT")  # A's BLMOVE
+    await q.expire("A")
+    assert await q.reap("A") == [1, 0]  # A froze; its task went back to the queue
+    # A wakes with a live lease and reads the late reply: the id is no longer its own.
+    await q.register("A")
+    assert await q.claim("A", 0, moved=info.id) == []
+    assert await q.state(info.id) == "pending"
+    assert [text(i) for i in await q.b.redis.lrange(q.k.pending, 0, -1)] == [info.id]
+    # Or with its lease expired again: the id must not be pushed to the queue twice.
+    await q.expire("A")
+    assert await q.claim("A", 0, moved=info.id) == -2
+    assert await q.b.redis.llen(q.k.pending) == 1

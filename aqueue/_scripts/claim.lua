@@ -19,6 +19,10 @@
 -- else a flat array: id, token, message, retried, ... for each claimed task.
 local wid, seq, now = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local moved = ARGV[5]
+-- The reply of a blocking move can reach the worker late (it froze, or its loop was
+-- blocked): by then a reaper may have returned the id to the queue and another worker
+-- may have run it. Only an id still in this lease list is still this worker's.
+if moved ~= '' and not redis.call('LPOS', KEYS[2], moved) then moved = '' end
 local lease_exp = tonumber(redis.call('ZSCORE', KEYS[6], wid) or '0')
 if lease_exp <= now or redis.call('EXISTS', KEYS[5]) == 1 then
   if moved ~= '' then
