@@ -201,10 +201,11 @@ class Worker:
         self._blocking: set[str] = set()
         # Queues whose lease list may hold ids we do not know (a lost reply).
         self._suspect: set[str] = set()
-        self._slot_event = anyio.Event()
+        # Set only while someone waits: creating an event per finished task is costly.
+        self._slot_waiter: anyio.Event | None = None
+        self._idle_waiter: anyio.Event | None = None
         self._claim_event = anyio.Event()
         self._ack_event = anyio.Event()
-        self._idle_event = anyio.Event()
         self._claim_scope = anyio.CancelScope()
         self._down_since: float | None = None
 
@@ -278,7 +279,8 @@ class Worker:
         if self._held:
             with anyio.move_on_after(self.shutdown_timeout):
                 while self._held:
-                    await self._idle_event.wait()
+                    self._idle_waiter = anyio.Event()
+                    await self._idle_waiter.wait()
             self._cancel_all("shutdown")
 
     async def _finish(self) -> None:
@@ -332,12 +334,14 @@ class Worker:
     def _release(self, n: int) -> None:
         if n:
             self._free += n
-            self._slot_event.set()
-            self._slot_event = anyio.Event()
+            if self._slot_waiter is not None:
+                self._slot_waiter.set()
+                self._slot_waiter = None
 
     def _wake_dispatcher(self) -> None:
-        self._slot_event.set()
-        self._slot_event = anyio.Event()
+        if self._slot_waiter is not None:
+            self._slot_waiter.set()
+            self._slot_waiter = None
         self._claim_event.set()
         self._claim_event = anyio.Event()
 
@@ -348,9 +352,8 @@ class Worker:
             if self._suspect - self._blocking:
                 await self._audit()
             if self._free <= 0:
-                event = self._slot_event
-                if self._free <= 0:
-                    await event.wait()
+                self._slot_waiter = anyio.Event()
+                await self._slot_waiter.wait()
                 continue
             if await self._claim_burst():
                 continue
@@ -593,9 +596,9 @@ class Worker:
     def _forget(self, c: Claimed, slots: int = 1) -> None:
         self._held.pop((c.queue, c.id), None)
         self._release(slots)
-        if not self._held:
-            self._idle_event.set()
-            self._idle_event = anyio.Event()
+        if not self._held and self._idle_waiter is not None:
+            self._idle_waiter.set()
+            self._idle_waiter = None
 
     async def _ack_loop(self) -> None:
         while True:
@@ -618,10 +621,14 @@ class Worker:
                 self._lease[q], k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
                 k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
             )  # fmt: skip
-            args: list[Any] = [now, day]
+            plain: list[Any] = []
+            full: list[Any] = []
             for c, result in items:
-                args += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
-            calls.append((SCRIPTS.ack, keys, args))
+                if c.body.retention > 0 or c.digest:
+                    full += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
+                else:
+                    plain += [c.id, c.token]
+            calls.append((SCRIPTS.ack, keys, [now, day, len(plain) // 2, *plain, *full]))
         # Waiting Client.result calls hear of kept results in the same round trip.
         notices = [
             ("PUBLISH", done_channel(self._broker.prefix, q), "completed|" + ",".join(ids))
@@ -645,10 +652,12 @@ class Worker:
                 log.warning(
                     "task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), q
                 )
+            debug = log.isEnabledFor(logging.DEBUG)
             for c, _ in items:
-                if log.isEnabledFor(logging.DEBUG):
+                if debug:
                     log.debug("task %s (%s) on %s: completed", c.id, c.body.type, q)
-                self._forget(c)
+                self._forget(c, slots=0)
+            self._release(len(items))
 
     async def _persist(self, fn: Any) -> Any:
         """Write an outcome, retrying connection failures with backoff for as long as

@@ -54,7 +54,7 @@ class Q:
             k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
         )  # fmt: skip
         reply: list[bytes] = await self.b.script(
-            SCRIPTS.ack, keys, [now(), "2026-01-01", task_id, token, 0, "", ""]
+            SCRIPTS.ack, keys, [now(), "2026-01-01", 1, task_id, token]
         )
         return reply
 
