@@ -13,14 +13,14 @@ once its ack is written, so the worker never holds more claimed tasks than slots
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import random
 import signal
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -28,7 +28,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import redis.asyncio as aioredis
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
 from ._codec import decode_message, encode_value
@@ -201,6 +200,10 @@ class Worker:
         self._blocking: set[str] = set()
         # Queues whose lease list may hold ids we do not know (a lost reply).
         self._suspect: set[str] = set()
+        # Claimed tasks wait here for a runner; idle runners wait on these futures.
+        self._ready: deque[Claimed] = deque()
+        self._idle_slots: deque[asyncio.Future[Claimed | None]] = deque()
+        self._slots_closed = False
         # Set only while someone waits: creating an event per finished task is costly.
         self._slot_waiter: anyio.Event | None = None
         self._idle_waiter: anyio.Event | None = None
@@ -233,20 +236,19 @@ class Worker:
                 background.start_soon(self._leases.cancel_loop)
                 if self.scheduler and self.mux.cron_entries:
                     background.start_soon(Scheduler(self).run)
-                # One long-lived runner per slot, fed claimed tasks through a stream:
+                # One long-lived runner per slot, handed claimed tasks directly:
                 # spawning a task per handler costs more than a no-op handler itself.
-                ready, receive = anyio.create_memory_object_stream[Claimed](math.inf)
-                self._ready = ready
                 async with anyio.create_task_group() as handlers:
-                    with receive:
-                        for _ in range(self.concurrency):
-                            handlers.start_soon(self._run_slot, receive.clone())
-                    with ready:  # closing it lets the runners end once they are idle
+                    for _ in range(self.concurrency):
+                        handlers.start_soon(self._run_slot)
+                    try:
                         with self._claim_scope:
                             async with anyio.create_task_group() as blockers:
                                 self._blockers = blockers
                                 await self._dispatch()
                         await self._drain()
+                    finally:
+                        self._close_slots()
                 await self._finish()
                 background.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -503,14 +505,38 @@ class Worker:
             log.debug(
                 "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
             )
-        self._ready.send_nowait(c)
+        while self._idle_slots:
+            slot = self._idle_slots.popleft()
+            if not slot.done():
+                slot.set_result(c)
+                return
+        self._ready.append(c)
 
     # -- running and recording outcomes ------------------------------------------------
 
-    async def _run_slot(self, receive: MemoryObjectReceiveStream[Claimed]) -> None:
-        async with receive:
-            async for c in receive:
-                await self._handle(c)
+    async def _run_slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._ready:
+                c = self._ready.popleft()
+            elif self._slots_closed:
+                return
+            else:
+                slot: asyncio.Future[Claimed | None] = loop.create_future()
+                self._idle_slots.append(slot)
+                got = await slot
+                if got is None:
+                    return
+                c = got
+            await self._handle(c)
+
+    def _close_slots(self) -> None:
+        """Let the runners end once nothing is left to run."""
+        self._slots_closed = True
+        while self._idle_slots:
+            slot = self._idle_slots.popleft()
+            if not slot.done():
+                slot.set_result(None)
 
     async def _handle(self, c: Claimed) -> None:
         k = self._keys[c.queue]
