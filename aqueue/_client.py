@@ -210,7 +210,9 @@ class Client:
             headers=opts.headers,
         )
         message = encode_message(opts.max_retry, digest, body)
-        args = [opts.task_id, message, opts.due, digest, int(opts.unique * 1000)]
+        args = [opts.task_id, message, opts.due]
+        if digest:
+            args += [digest, int(opts.unique * 1000)]
         return _Prepared(task_type, data, opts, args, now)
 
     async def _write(self, prepared: list[_Prepared], now: int, durable: bool | None) -> list[Any]:
@@ -222,22 +224,15 @@ class Client:
         order: list[list[int]] = []
         for queue, idxs in by_queue.items():
             k = queue_keys(prefix, queue)
-            keys = (
-                k.pending,
-                k.scheduled,
-                k.tasks,
-                k.states,
-                k.uniq,
-                k.uniq_exp,
-                k.cron,
-                k.cronlog,
-            )
             for start in range(0, len(idxs), _BATCH):
                 chunk = idxs[start : start + _BATCH]
-                args: list[Any] = [now, "", 0, 0]
+                unique = any(len(prepared[i].args) == 5 for i in chunk)
+                args: list[Any] = [now, 5 if unique else 3]
                 for i in chunk:
                     args.extend(prepared[i].args)
-                calls.append((SCRIPTS.enqueue, keys, args))
+                    if unique and len(prepared[i].args) == 3:
+                        args += ["", 0]
+                calls.append((SCRIPTS.enqueue, enqueue_keys(k, unique=unique), args))
                 order.append(chunk)
         new = [q for q in by_queue if q not in self._known_queues]
         extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), *new)] if new else []
@@ -378,8 +373,14 @@ class Client:
         await self.close()
 
 
-def enqueue_keys(k: QueueKeys) -> tuple[str, ...]:
-    return (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, k.cron, k.cronlog)
+def enqueue_keys(k: QueueKeys, *, unique: bool = False, cron: bool = False) -> tuple[str, ...]:
+    """The keys enqueue.lua touches: locks and cron bookkeeping only when used."""
+    keys: tuple[str, ...] = (k.pending, k.scheduled, k.tasks, k.states)
+    if unique or cron:
+        keys += (k.uniq, k.uniq_exp)
+    if cron:
+        keys += (k.cron, k.cronlog)
+    return keys
 
 
 def _check_payload(handler: Handler[Any, Any], payload: Any, data: bytes) -> None:

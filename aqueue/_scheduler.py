@@ -104,11 +104,9 @@ class Scheduler:
         now = int(time.time() * 1000)
         prepared = self.client._prepare(e.task, e.payload, e.options, now)
         k = queue_keys(b.prefix, prepared.opts.queue)
-        call: Call = (
-            SCRIPTS.enqueue,
-            enqueue_keys(k),
-            [now, e.name, tick, HISTORY, *prepared.args],
-        )
+        task = prepared.args if len(prepared.args) == 5 else [*prepared.args, "", 0]
+        args = [now, 5, e.name, tick, HISTORY, *task]
+        call: Call = (SCRIPTS.enqueue, enqueue_keys(k, cron=True), args)
         (reply,) = await b.run(lambda: b.scripts([call]))
         if reply == b"skip":
             return False
