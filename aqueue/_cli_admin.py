@@ -21,7 +21,7 @@ import msgspec
 from ._broker import DEFAULT_URL
 from ._inspector import Inspector, cancel_task
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name
-from .errors import InvalidQueueName, QueueNotFound
+from .errors import InvalidQueueName, QueueNotEmpty, QueueNotFound
 
 Command = Callable[[Inspector, argparse.Namespace], Awaitable[None]]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -72,7 +72,8 @@ def add_commands(sub: Subparsers) -> None:
     )
 
     def leaf(parent: Subparsers, name: str, command: Command, help: str) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, parents=[common], help=help, description=help + ".")
+        description = help[0].upper() + help[1:] + "."
+        p = parent.add_parser(name, parents=[common], help=help, description=description)
         p.set_defaults(admin=command)
         return p
 
@@ -245,7 +246,11 @@ async def cmd_queue_resume(i: Inspector, args: argparse.Namespace) -> None:
 
 
 async def cmd_queue_rm(i: Inspector, args: argparse.Namespace) -> None:
-    await i.delete_queue(args.queue, force=args.force)
+    try:
+        await i.delete_queue(args.queue, force=args.force)
+    except QueueNotEmpty as exc:
+        held = str(exc).partition(":")[0]  # "queue 'x' still holds N task(s)"
+        raise QueueNotEmpty(f"{held}: add --force to remove the queue with them") from None
     _done(args, {"queue": args.queue, "deleted": True}, f"queue {args.queue!r} removed")
 
 
@@ -273,7 +278,7 @@ async def cmd_task_show(i: Inspector, args: argparse.Namespace) -> None:
         ("type", t.type),
         ("state", t.state),
         ("payload", _short(t.payload, 2000)),
-        ("attempt", f"{t.retried} retries so far, at most {t.max_retry}"),
+        ("retried", f"{t.retried} of at most {t.max_retry}"),
         ("last error", t.last_error or "-"),
         ("last failed", _when(t.last_failed_at)),
         ("enqueued", _when(t.enqueued_at)),
@@ -349,11 +354,11 @@ _LISTINGS: dict[str, tuple[list[str], Row]] = {
     ),
     "retry": (
         ["RETRIED", "NEXT TRY", "LAST ERROR"],
-        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.next_process_at), _short(t.last_error)],
+        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.next_process_at), _error(t)],
     ),
     "archived": (
         ["RETRIED", "FAILED", "LAST ERROR"],
-        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.last_failed_at), _short(t.last_error)],
+        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.last_failed_at), _error(t)],
     ),
     "completed": (
         ["COMPLETED", "RESULT"],
@@ -412,6 +417,11 @@ def _short(value: object, limit: int = 40) -> str:
     text = value if isinstance(value, str) else msgspec.json.encode(value, enc_hook=repr).decode()
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error(t: TaskInfo) -> str:
+    """The last error, first line only: the table's last column, so it may run long."""
+    return _short((t.last_error or "").split("\n")[0] or None, 90)
 
 
 def _duration(seconds: float) -> str:

@@ -41,6 +41,8 @@ from .errors import (
 P = TypeVar("P")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
+# A client registers the queues it writes to again after this many seconds.
+_REGISTER_EVERY = 60.0
 # Client.result re-reads the task this often (s) if no notice arrives.
 _RESULT_RECHECK = 5.0
 # Tasks per enqueue script call: bounds how long one call holds the server.
@@ -103,7 +105,7 @@ class Client:
             raise AqueueError("task_id cannot be a Client default")
         self._broker = Broker(url_or_redis, timeout=timeout, prefix=prefix)
         self._max_payload = max_payload_bytes
-        self._known_queues: set[str] = set()
+        self._known_queues: dict[str, float] = {}  # queue -> when it was last registered
         self.durable = durable
 
     @property
@@ -234,7 +236,10 @@ class Client:
                         args += ["", 0]
                 calls.append((SCRIPTS.enqueue, enqueue_keys(k, unique=unique), args))
                 order.append(chunk)
-        new = [q for q in by_queue if q not in self._known_queues]
+        # Queue names are registered on first use and again every so often, so a
+        # queue deleted and used again by a long-lived client is listed again.
+        stale = time.monotonic() - _REGISTER_EVERY
+        new = [q for q in by_queue if self._known_queues.get(q, stale) <= stale]
         extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), *new)] if new else []
         # Tell the workers about the earliest delayed task of each queue, in the same
         # round trip, so a forwarder asleep until later wakes in time for it.
@@ -248,7 +253,7 @@ class Client:
             replies = await self._broker.run(lambda: self._write_durably(calls, extra))
         else:
             replies = await self._broker.run(lambda: self._broker.scripts(calls, extra))
-        self._known_queues.update(new)
+        self._known_queues.update(dict.fromkeys(new, time.monotonic()))
         out: list[Any] = [None] * len(prepared)
         for chunk, reply in zip(order, replies, strict=False):
             for i, rep in zip(chunk, reply, strict=True):

@@ -15,9 +15,10 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, Script
 from ._codec import decode_message, decode_value
@@ -124,28 +125,12 @@ class Inspector:
             ("LINDEX", k.pending, -1),  # the next to run: the one waiting longest
             ("ZRANGE", k.leases, 0, -1),
         ]
-        replies = await b.run(lambda: b.scripts([self._trim_call(k)], extra))
-        await self._check_known(queue, replies[1:3])
-        pending, scheduled, retry, archived, completed, paused = (int(x) for x in replies[3:9])
-        p, f, p_today, f_today = (int(x or 0) for x in replies[9])
-        oldest, workers = replies[10], [_text(w) for w in replies[11]]
-        leases = [k.lease(w) for w in workers]
-
-        pipe = b.redis.pipeline(transaction=False)
-        pipe.hget(k.tasks, oldest or "")
-        for lease in leases:
-            pipe.llen(lease)
-        for key in [*_all_keys(k), *leases]:
-            pipe.execute_command("MEMORY", "USAGE", key)
-        # MEMORY may be disabled on a managed server: the estimate is then 0, not an error.
-        more = await b.run(lambda: pipe.execute(raise_on_error=False))
-        message = more[0]
-        active = sum(int(n) for n in more[1 : 1 + len(leases)])
-        memory = sum(int(n) for n in more[1 + len(leases) :] if isinstance(n, int))
-        latency = 0.0
-        if isinstance(message, bytes):
-            enqueued_at = decode_message(message)[2].enqueued_at
-            latency = max(0.0, time.time() - enqueued_at / 1000)
+        replies = await self._read_and_trim(k, extra)
+        await self._check_known(queue, replies[:2])
+        pending, scheduled, retry, archived, completed, paused = (int(x) for x in replies[2:8])
+        p, f, p_today, f_today = (int(x or 0) for x in replies[8])
+        oldest, workers = replies[9], [_text(w) for w in replies[10]]
+        active, latency, memory = await self._estimates(k, oldest, [k.lease(w) for w in workers])
         return QueueInfo(
             queue=queue,
             pending=pending,
@@ -174,9 +159,9 @@ class Inspector:
         dates = [_day(i) for i in range(days)]
         fields = [f"{kind}:{d}" for d in dates for kind in ("p", "f")]
         extra = [*self._known_commands(queue), ("HMGET", k.stats, *fields)]
-        replies = await b.run(lambda: b.scripts([self._trim_call(k)], extra))
-        await self._check_known(queue, replies[1:3])
-        counts = [int(x or 0) for x in replies[3]]
+        replies = await self._read_and_trim(k, extra)
+        await self._check_known(queue, replies[:2])
+        counts = [int(x or 0) for x in replies[2]]
         return [
             DailyStats(date=d, processed=counts[2 * i], failed=counts[2 * i + 1])
             for i, d in enumerate(dates)
@@ -232,8 +217,8 @@ class Inspector:
         """One page of the queue's tasks in ``state``, 1-based.
 
         Order: pending in queue order (next to run first); active by worker, longest
-        held first; scheduled and retry by due time (soonest first); archived and
-        completed most recent first.
+        held first; scheduled and retry by due time, soonest first; archived most
+        recently archived first; completed by the end of their retention, latest first.
         """
         check_queue_name(queue)
         state = _state(state)
@@ -355,8 +340,39 @@ class Inspector:
         hint = f"known queues: {', '.join(known)}" if known else "the server has no queues"
         raise QueueNotFound(f"no queue {queue!r} ({hint})")
 
-    def _trim_call(self, k: QueueKeys) -> Call:
-        return (_TRIM_STATS, (k.stats,), [_day(HISTORY_DAYS - 1)])
+    async def _read_and_trim(self, k: QueueKeys, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one round trip and, on the way, forget day counters older
+        than ``HISTORY_DAYS`` (trim_stats.lua), except on a read-only replica."""
+        b = self._broker
+        trim: Call = (_TRIM_STATS, (k.stats,), [_day(HISTORY_DAYS - 1)])
+        try:
+            replies = await b.run(lambda: b.scripts([trim], commands))
+        except rexc.ReadOnlyError:
+            return await b.run(lambda: b.scripts([], commands))
+        return replies[1:]
+
+    async def _estimates(
+        self, k: QueueKeys, oldest: bytes | None, leases: list[str]
+    ) -> tuple[int, float, int]:
+        """Active tasks (held in lease lists), latency (age of the ``oldest`` pending
+        task) and memory (``MEMORY USAGE`` of every key) of a queue, in one round trip."""
+        b = self._broker
+        pipe = b.redis.pipeline(transaction=False)
+        pipe.hget(k.tasks, oldest or "")
+        for lease in leases:
+            pipe.llen(lease)
+        for key in [*_all_keys(k), *leases]:
+            pipe.execute_command("MEMORY", "USAGE", key)
+        # MEMORY may be disabled on a managed server: the estimate is then 0, not an error.
+        replies = await b.run(lambda: pipe.execute(raise_on_error=False))
+        message = replies[0]
+        active = sum(int(n) for n in replies[1 : 1 + len(leases)])
+        memory = sum(int(n) for n in replies[1 + len(leases) :] if isinstance(n, int))
+        latency = 0.0
+        if isinstance(message, bytes):
+            enqueued_at = decode_message(message)[2].enqueued_at
+            latency = max(0.0, time.time() - enqueued_at / 1000)
+        return active, latency, memory
 
     async def _active_ids(self, k: QueueKeys, workers: list[Any]) -> list[str]:
         """Ids held active in the queue's lease lists, by worker, longest held first
@@ -426,7 +442,7 @@ class Inspector:
         if before.startswith("@"):
             before = "active"
         if before not in allowed:
-            hint = ": cancel it instead" if before == "active" else ""
+            hint = ": cancel it instead" if before == "active" and verb != "run" else ""
             raise AqueueError(
                 f"cannot {verb} task {task_id!r} in queue {queue!r}: it is {before}; only "
                 f"{_either(allowed)} tasks can be {_past(verb)}{hint}"
@@ -521,14 +537,12 @@ def _worker_info(card: bytes | str | None) -> WorkerInfo | None:
         return None
     try:
         data = decode_value(card)
-        # Weights are ints unless a worker was given fractional ones.
-        weights = {str(q): float(w) for q, w in data["queues"].items()}
-        queues = {q: int(w) if w.is_integer() else w for q, w in weights.items()}
+        queues = {str(q): float(w) for q, w in data["queues"].items()}
         return WorkerInfo(
             id=str(data["id"]),
             host=str(data["host"]),
             pid=int(data["pid"]),
-            queues=cast(dict[str, int], queues),
+            queues=queues,
             concurrency=int(data["concurrency"]),
             started_at=from_ms(int(data["started_at"])) or datetime.now(UTC),
         )

@@ -219,7 +219,8 @@ class LeaseKeeper:
             ids = [x.decode() for x in wids]
             keys = (
                 k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-                k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, *(k.lease(i) for i in ids),
+                k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, k.progress,
+                *(k.lease(i) for i in ids),
             )  # fmt: skip
             calls.append((SCRIPTS.reap, keys, [now, today(), *ids]))
             log.info("reaping expired lease(s) %s on queue %s", ids, q)

@@ -97,7 +97,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     id: str
     host: str
     pid: int
-    queues: dict[str, int]
+    queues: dict[str, float]
     concurrency: int
     started_at: datetime
     active: list[TaskInfo] = msgspec.field(default_factory=list)

@@ -42,7 +42,8 @@ class Q:
         k = self.k
         keys = (
             k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-            k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, *(k.lease(w) for w in wids),
+            k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, k.progress,
+            *(k.lease(w) for w in wids),
         )  # fmt: skip
         reply = await self.b.script(SCRIPTS.reap, keys, [now(), "2026-01-01", *wids])
         return [int(x) for x in reply[:2]]
@@ -226,3 +227,15 @@ async def test_claim_ignores_a_blocking_move_reply_that_came_too_late(
     await q.expire("A")
     assert await q.claim("A", 0, moved=info.id) == -2
     assert await q.b.redis.llen(q.k.pending) == 1
+
+
+async def test_claim_does_not_run_a_task_cancelled_while_its_id_was_being_moved(
+    q: Q, client: aqueue.Client
+) -> None:
+    info = await client.enqueue("t")
+    await q.register("A")
+    await q.b.redis.lmove(q.k.pending, q.k.lease("A"), "RIGHT", "LEFT")  # A's BLMOVE
+    await aqueue.Inspector(q.b.redis).cancel("default", info.id)  # archived meanwhile
+    assert await q.claim("A", 0, moved=info.id) == []
+    assert await q.state(info.id) == "archived"
+    assert await q.b.redis.llen(q.k.lease("A")) == 0

@@ -37,8 +37,10 @@ end
 local out = {}
 local function take(id)
   local msg = redis.call('HGET', KEYS[3], id)
-  if not msg then
-    -- The task was deleted while it waited: drop the dangling id.
+  if not msg or redis.call('HGET', KEYS[4], id) ~= 'pending' then
+    -- Deleted, archived or cancelled while it waited (a cancel can race a blocking
+    -- move), or a stale duplicate of a task that runs elsewhere: drop the id, run
+    -- nothing.
     redis.call('LREM', KEYS[2], 1, id)
     return
   end

@@ -50,6 +50,7 @@ else
   redis.call('HSET', KEYS[12], id, now)
   if action == 'retry' or action == 'again' then
     if action == 'retry' then redis.call('HINCRBY', KEYS[10], id, 1) end
+    redis.call('HDEL', KEYS[13], id)  -- the next attempt reports its own progress
     redis.call('HSET', KEYS[4], id, 'retry')
     redis.call('ZADD', KEYS[5], tonumber(ARGV[6]), id)
     return 1

@@ -12,7 +12,8 @@
 -- KEYS[10] uniq      HASH
 -- KEYS[11] uniq_exp  ZSET
 -- KEYS[12] cancels   SET   ids whose cancellation was asked
--- KEYS[13..] the lease lists of the workers named in ARGV[3..], in the same order
+-- KEYS[13] progress  HASH  id -> encoded progress (cleared: that attempt is over)
+-- KEYS[14..] the lease lists of the workers named in ARGV[3..], in the same order
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3..] worker ids whose lease looked expired to the caller
@@ -27,7 +28,7 @@ local recovered, archived = 0, 0
 local archived_ids = {}
 for w = 3, #ARGV do
   local wid = ARGV[w]
-  local lease = KEYS[w + 10]
+  local lease = KEYS[w + 11]
   local exp = redis.call('ZSCORE', KEYS[1], wid)
   if exp and tonumber(exp) <= now then
     while true do
@@ -47,6 +48,7 @@ for w = 3, #ARGV do
           redis.call('HINCRBY', KEYS[9], 'p:' .. ARGV[2], 1)
           redis.call('HINCRBY', KEYS[9], 'f', 1)
           redis.call('HINCRBY', KEYS[9], 'f:' .. ARGV[2], 1)
+          redis.call('HDEL', KEYS[13], id)
           local cancelled = redis.call('SREM', KEYS[12], id) == 1
           if cancelled then redis.call('HSET', KEYS[7], id, 'cancelled') end
           if n > max_retry or cancelled then
