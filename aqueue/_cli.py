@@ -18,6 +18,7 @@ import anyio
 
 from . import _cli_admin
 from ._mux import Mux
+from ._task import check_queue_name
 from ._worker import Worker
 from .errors import AqueueError
 
@@ -47,6 +48,33 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _queue_name(text: str) -> str:
+    try:
+        return check_queue_name(text)
+    except AqueueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    try:
+        from .metrics import serve
+    except ImportError as exc:  # a core install: say which extra is missing
+        raise AqueueError(str(exc)) from None
+    url = args.url or os.environ.get("AQUEUE_URL") or "redis://localhost:6379/0"
+    serve(url, args.port, args.host, queues=args.queue, interval=args.interval)
+    return 0
 
 
 def _log_level(text: str) -> str:
@@ -98,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_positive_int, help="port of the embedded server (default: a free one)"
     )
     _cli_admin.add_commands(sub)
+    m = sub.add_parser(
+        "metrics",
+        help="serve Prometheus metrics of the queues (aqueue[prometheus])",
+        description="Serve per-queue Prometheus gauges over HTTP until SIGTERM/SIGINT.",
+    )
+    m.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
+    m.add_argument("--port", type=_positive_int, default=9808, help="HTTP port (9808)")
+    m.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    m.add_argument(
+        "--queue", "-q", action="append", type=_queue_name, help="a queue (default: all)"
+    )
+    m.add_argument(
+        "--interval", type=_positive_float, default=5.0, help="seconds between reads (5)"
+    )
+    m.add_argument("--log-level", default="INFO", type=_log_level, help="logging level")
     return parser
 
 
@@ -181,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"worker": cmd_worker, "dev": cmd_dev}
+    commands = {"worker": cmd_worker, "dev": cmd_dev, "metrics": cmd_metrics}
     try:
         if hasattr(args, "admin"):
             return _cli_admin.run(args)

@@ -86,6 +86,10 @@ def add_commands(sub: Subparsers) -> None:
     leaf(sub, "stats", cmd_stats, "show every queue at a glance: sizes, today's counts, latency")
     leaf(sub, "workers", cmd_workers, "list live workers and the tasks they are running")
 
+    cron = sub.add_parser("cron", help="list cron schedules")
+    csub = cron.add_subparsers(dest="cron_command", metavar="COMMAND", required=True)
+    leaf(csub, "ls", cmd_cron_ls, "list each cron schedule with its next and last run")
+
     queue = sub.add_parser("queue", help="list, inspect, pause, resume or remove queues")
     qsub = queue.add_subparsers(dest="queue_command", metavar="COMMAND", required=True)
     leaf(qsub, "ls", cmd_queue_ls, "list queue names")
@@ -199,6 +203,23 @@ async def cmd_workers(i: Inspector, args: argparse.Namespace) -> None:
                 for w, t in active
             ],
         ))  # fmt: skip
+
+
+async def cmd_cron_ls(i: Inspector, args: argparse.Namespace) -> None:
+    entries = await i.cron_entries()
+    if args.json:
+        return _json(entries)
+    if not entries:
+        print("no cron schedules (a worker registers its mux's schedules when it starts)")
+        return
+    print(_table(
+        ["SCHEDULE", "SPEC", "TZ", "TASK", "QUEUE", "NEXT RUN", "LAST RUN", "LAST TASK"],
+        [
+            [e.name, e.spec, e.tz, e.task, e.queue, _when(e.next_run), _when(e.last_run),
+             e.history[0].task_id if e.history else "-"]
+            for e in entries
+        ],
+    ))  # fmt: skip
 
 
 async def cmd_queue_ls(i: Inspector, args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ import redis.exceptions as rexc
 
 from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, Script
 from ._codec import decode_message, decode_value
+from ._cron import CronEntry
 from ._keys import (
     QueueKeys,
     cancel_channel,
@@ -482,6 +483,13 @@ class Inspector:
             if int(reply[1]) < limit:
                 break
         return moved
+
+    async def cron_entries(self) -> list[CronEntry]:
+        """Every cron schedule any worker runs, once each, with its spec, time zone,
+        task, queue, next and last run, and recent history (newest first)."""
+        from ._scheduler import read_cron_entries  # the scheduler imports the client
+
+        return await read_cron_entries(self._broker)
 
     async def close(self) -> None:
         await self._broker.close()
