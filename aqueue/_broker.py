@@ -135,6 +135,7 @@ class Broker:
                 socket_connect_timeout=self.timeout,
                 socket_timeout=self._socket_timeout,
                 health_check_interval=0,
+                **_pool_options(),
             )
             self._redis = aioredis.Redis.from_pool(pool)
         return self._redis
@@ -226,6 +227,18 @@ class Broker:
         if self._redis is not None and self._owned:
             await self._redis.aclose()
             self._redis = None
+
+
+def _pool_options() -> dict[str, Any]:
+    """redis-py 8.1.0 (redis/redis-py#4252): with maintenance notifications on "auto",
+    its default under RESP3, the asyncio pool skips its check for idle connections the
+    server closed, so after a server restart the first command on each one fails.
+    aqueue uses no maintenance notifications: turning them off restores the check."""
+    if not hasattr(aioredis.ConnectionPool, "maint_notifications_enabled"):
+        return {}
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def _is_noscript(reply: object) -> bool:

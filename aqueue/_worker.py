@@ -211,6 +211,7 @@ class Worker:
         self._ack_event = anyio.Event()
         self._claim_scope = anyio.CancelScope()
         self._down_since: float | None = None
+        self._back = anyio.Event()
 
     async def _serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -695,9 +696,12 @@ class Worker:
                 self._recovered()
                 return result
             except BrokerUnavailable as exc:
-                if time.monotonic() + delay > self._leases.valid_until:
+                left = self._leases.valid_until - time.monotonic()
+                if left <= 0:
                     raise
-                await self._outage(exc, sleep=delay)
+                # The last try comes just before the lease would lapse, not up to a
+                # whole backoff step earlier.
+                await self._outage(exc, sleep=min(delay, left))
                 delay = min(delay * 2, MAX_BACKOFF)
 
     # -- outages -----------------------------------------------------------------------
@@ -711,12 +715,16 @@ class Worker:
             log.warning("lost the server (%s); retrying with backoff up to %g s", exc, MAX_BACKOFF)
         else:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        await anyio.sleep(self._backoff if sleep is None else sleep)
+        # The first call that finds the server back ends every backoff at once.
+        with anyio.move_on_after(self._backoff if sleep is None else sleep):
+            await self._back.wait()
 
     def _recovered(self) -> None:
         if self._down_since is not None:
             log.warning("server reachable again after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None
+            self._back.set()
+            self._back = anyio.Event()
 
 
 def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[str, float]:
