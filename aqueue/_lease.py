@@ -285,7 +285,8 @@ class LeaseKeeper:
                     subscribed = False
                     with anyio.CancelScope(shield=True):
                         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await w._outage(exc)
+                    error = exc if isinstance(exc, BrokerUnavailable) else w.broker.unavailable(exc)
+                    await w._outage(error)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
