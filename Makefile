@@ -35,6 +35,12 @@ check: lint test
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+## bench-peers: the same workloads for aqueue, arq, SAQ, streaq and taskiq in one run,
+## each peer in its own .bench-venvs/<peer>/ (made on first use)
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(PY) -m benchmarks.peers
+
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from .errors import AqueueError, BrokerUnavailable
 
@@ -23,7 +25,8 @@ T = TypeVar("T")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "aq"
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+SENTINEL_PORT = 26379
 
 # What counts as "the server is not reachable or not usable": connection and timeout
 # failures, refused credentials (AuthenticationError is a ConnectionError), and a peer
@@ -83,14 +86,82 @@ def redacted(url: str) -> str:
 
 def check_url(url: str) -> str:
     scheme = urlsplit(url).scheme
-    if scheme in ("redis+sentinel", "redis+cluster"):
-        raise AqueueError(
-            f"{scheme}:// URLs are not supported yet; pass a redis:// URL or an existing "
-            f"redis.asyncio client instead (got {redacted(url)!r})"
-        )
     if scheme not in _SCHEMES:
-        raise AqueueError(f"unsupported URL {redacted(url)!r}: use redis://, rediss:// or unix://")
+        raise AqueueError(
+            f"unsupported URL {redacted(url)!r}: use redis://, rediss://, unix://, "
+            f"redis+sentinel:// or redis+cluster://"
+        )
+    if scheme == "redis+sentinel":
+        parse_sentinel_url(url)
+    if scheme == "redis+cluster":
+        parse_cluster_url(url)
     return url
+
+
+class SentinelURL:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[?db=N]``.
+
+    The credentials are the master's (and its replicas'); the sentinels themselves are
+    asked without them. The port of a sentinel defaults to 26379.
+    """
+
+    __slots__ = ("db", "password", "sentinels", "service", "username")
+
+    def __init__(
+        self,
+        sentinels: list[tuple[str, int]],
+        service: str,
+        db: int,
+        username: str | None,
+        password: str | None,
+    ) -> None:
+        self.sentinels = sentinels
+        self.service = service
+        self.db = db
+        self.username = username
+        self.password = password
+
+
+def _hosts(netloc: str, default_port: int, bad: str) -> tuple[list[tuple[str, int]], str, str]:
+    """``[[user]:password@]host[:port][,host[:port]...]`` -> addresses, user, password."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    addresses: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.rpartition(":")
+        if not sep or "]" in port:  # no port, or the end of an [IPv6] address
+            host, port = item, str(default_port)
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise AqueueError(f"{bad}: expected host:port, got {item!r}")
+        addresses.append((host, int(port)))
+    return addresses, username, password
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``: the startup
+    nodes (any few of the cluster's nodes) and the credentials."""
+    parts = urlsplit(url)
+    bad = f"invalid redis+cluster URL {redacted(url)!r}"
+    nodes, username, password = _hosts(parts.netloc, 6379, bad)
+    if parts.path.strip("/") or parts.query:
+        raise AqueueError(f"{bad}: a cluster has one database; give no path or query")
+    return nodes, username or None, password or None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    parts = urlsplit(url)
+    bad = f"invalid redis+sentinel URL {redacted(url)!r}"
+    sentinels, username, password = _hosts(parts.netloc, SENTINEL_PORT, bad)
+    service = parts.path.strip("/")
+    if not service or "/" in service:
+        raise AqueueError(f"{bad}: the path must be the service name, e.g. /mymaster")
+    db = 0
+    for key, _, value in (p.partition("=") for p in parts.query.split("&") if p):
+        if key != "db" or not value.isdigit():
+            raise AqueueError(f"{bad}: unknown query parameter {key!r} (only db=N is accepted)")
+        db = int(value)
+    return SentinelURL(sentinels, service, db, username or None, password or None)
 
 
 class Broker:
@@ -98,7 +169,7 @@ class Broker:
 
     def __init__(
         self,
-        url_or_redis: str | aioredis.Redis,
+        url_or_redis: str | aioredis.Redis | RedisCluster,
         *,
         timeout: float = 5.0,
         prefix: str = DEFAULT_PREFIX,
@@ -110,20 +181,42 @@ class Broker:
         self.prefix = prefix
         self._owned = isinstance(url_or_redis, str)
         self._redis: aioredis.Redis | None = None
+        self._sentinel: Sentinel | None = None
+        self.cluster = False
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
+            self.cluster = self.url.startswith("redis+cluster:")
         elif isinstance(url_or_redis, aioredis.Redis):
             self.url = "<redis.asyncio client>"
             self._redis = url_or_redis
+        elif isinstance(url_or_redis, RedisCluster):
+            self.url = "<redis.asyncio cluster client>"
+            self._redis = _as_redis(url_or_redis)
+            self.cluster = True
         else:
             raise AqueueError(
-                f"expected a redis://, rediss:// or unix:// URL or a redis.asyncio.Redis "
-                f"client, got {url_or_redis!r}"
+                f"expected a redis://, rediss://, unix://, redis+sentinel:// or "
+                f"redis+cluster:// URL, or a redis.asyncio Redis or RedisCluster client, "
+                f"got {url_or_redis!r}"
             )
         self._socket_timeout = socket_timeout if socket_timeout is not None else timeout
 
     @property
     def redis(self) -> aioredis.Redis:
+        if self._redis is None and self.url.startswith("redis+sentinel:"):
+            self._redis = self._sentinel_master()
+        if self._redis is None and self.cluster:
+            nodes, username, password = parse_cluster_url(self.url)
+            self._redis = _as_redis(
+                RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                    username=username,
+                    password=password,
+                    max_connections=self.max_connections,
+                    socket_connect_timeout=self.timeout,
+                    socket_timeout=self._socket_timeout,
+                )
+            )
         if self._redis is None:
             # A blocking pool: past max_connections, callers wait for a free connection
             # (bounded by the timeout) instead of failing as if the server were down.
@@ -140,6 +233,29 @@ class Broker:
             self._redis = aioredis.Redis.from_pool(pool)
         return self._redis
 
+    def _sentinel_master(self) -> aioredis.Redis:
+        """A client whose connections ask the sentinels for the master's address each
+        time they connect. A reply ``READONLY`` (the master it still talks to was
+        demoted) drops that connection, so the next attempt finds the new master."""
+        u = parse_sentinel_url(self.url)
+        timeouts: dict[str, Any] = {
+            "socket_connect_timeout": self.timeout,
+            "socket_timeout": self._socket_timeout,
+        }
+        sentinel = Sentinel(u.sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+        self._sentinel = sentinel
+        client: aioredis.Redis = sentinel.master_for(
+            u.service,
+            redis_class=aioredis.Redis,
+            db=u.db,
+            username=u.username,
+            password=u.password,
+            max_connections=self.max_connections,
+            health_check_interval=0,
+            **timeouts,
+        )
+        return client
+
     def unavailable(self, exc: BaseException) -> BrokerUnavailable:
         detail = str(exc) or type(exc).__name__
         return BrokerUnavailable(f"cannot use the server at {redacted(self.url)}: {detail}")
@@ -149,7 +265,17 @@ class Broker:
         limit = self.timeout if timeout is None else timeout
         try:
             with anyio.fail_after(limit):
-                return await fn()
+                try:
+                    return await fn()
+                except (rexc.ConnectionError, rexc.ResponseError) as exc:
+                    if not _is_demoted(exc):
+                        raise
+                    # The server is a replica now (a failover demoted it): it refused
+                    # the command, so nothing ran. Drop the idle connections to it and
+                    # try once more: a Sentinel-managed client reconnects to the new
+                    # master.
+                    await self._forget_connections()
+                    return await fn()
         except TimeoutError as exc:
             if isinstance(exc, rexc.TimeoutError):
                 raise self.unavailable(exc) from exc
@@ -157,11 +283,16 @@ class Broker:
                 f"the server at {redacted(self.url)} did not answer within {limit:g} s"
             ) from None
         except rexc.ResponseError as exc:
-            if _is_auth_error(exc):
+            if _is_auth_error(exc) or _is_demoted(exc):  # UNBLOCKED twice in a row
                 raise self.unavailable(exc) from exc
             raise
         except _UNAVAILABLE as exc:
             raise self.unavailable(exc) from exc
+
+    async def _forget_connections(self) -> None:
+        pool = getattr(self._redis, "connection_pool", None)  # a RedisCluster has none
+        if pool is not None:
+            await pool.disconnect(inuse_connections=False)
 
     async def script(
         self,
@@ -200,7 +331,9 @@ class Broker:
         r = conn or self.redis
         pipe = r.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Not pipe.evalsha: a cluster pipeline refuses it by name, yet routes the
+            # command by its first key (every key of a script shares one slot).
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         for cmd in extra:
             pipe.execute_command(*cmd)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
@@ -211,7 +344,7 @@ class Broker:
             pipe = r.pipeline(transaction=False)
             for i in missing:
                 script, keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             for cmd in extra:
                 pipe.execute_command(*cmd)
             again = await pipe.execute(raise_on_error=False)
@@ -227,6 +360,10 @@ class Broker:
         if self._redis is not None and self._owned:
             await self._redis.aclose()
             self._redis = None
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
+            self._sentinel = None
 
 
 def _pool_options() -> dict[str, Any]:
@@ -245,6 +382,26 @@ def _is_noscript(reply: object) -> bool:
     return isinstance(reply, rexc.NoScriptError) or (
         isinstance(reply, rexc.ResponseError) and str(reply).startswith("NOSCRIPT")
     )
+
+
+def _as_redis(cluster: RedisCluster) -> aioredis.Redis:
+    """A RedisCluster where the code expects a Redis. Both offer the commands aqueue
+    sends (scripts by their first key, single-key commands, non-transactional
+    pipelines, pub/sub, PUBLISH), which is what ``tests/test_cluster.py`` checks;
+    ``Redis.client()`` and multi-key commands across slots (MGET of worker cards) have
+    no cluster equivalent."""
+    return cast(aioredis.Redis, cluster)
+
+
+def _is_demoted(exc: BaseException) -> bool:
+    """The reply of a master demoted to replica: READONLY to a write, as a
+    Sentinel-managed connection reports it (this ConnectionError), or a blocked command
+    released with UNBLOCKED when the role changed. A plain ReadOnlyError is left alone:
+    with a redis:// URL a replica is the caller's choice (the Inspector reads one)."""
+    text = str(exc)
+    if isinstance(exc, rexc.ConnectionError):
+        return text == "The previous master is now a slave"
+    return isinstance(exc, rexc.ResponseError) and text.startswith("UNBLOCKED")
 
 
 def _is_auth_error(exc: rexc.ResponseError) -> bool:

@@ -1,5 +1,5 @@
-"""The ``aqueue`` command: ``worker`` and ``dev`` here, the admin commands (``stats``,
-``queue``, ``task``, ``workers``) in ``_cli_admin``.
+"""The ``aqueue`` command: ``worker``, ``dev``, ``metrics`` and ``dash`` here, the admin
+commands (``stats``, ``queue``, ``task``, ``workers``) in ``_cli_admin``.
 
 Exit codes: 0 ok, 1 error (server unreachable, ...), 2 usage (bad arguments, a
 MODULE:ATTR that does not name a Mux or Worker).
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import logging
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -77,6 +79,51 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def cmd_dash(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .web import dashboard
+    except ImportError as exc:  # a core install: say which extra is missing
+        raise AqueueError(
+            f"aqueue dash needs the web extra ({exc}): pip install 'aqueue[web]'"
+        ) from None
+    token = os.environ.get("AQUEUE_DASH_TOKEN") or None
+    password = args.password or os.environ.get("AQUEUE_DASH_PASSWORD") or None
+    if bool(args.user) != bool(password):
+        raise UsageError("--user and --password (or $AQUEUE_DASH_PASSWORD) go together")
+    if args.user and token:
+        raise UsageError("give either --user/--password or $AQUEUE_DASH_TOKEN, not both")
+    auth: tuple[str, str] | str | None = (args.user, password) if args.user and password else token
+    if auth is None and not _is_loopback(args.host):
+        raise UsageError(
+            f"refusing to serve the dashboard on {args.host} without authentication: "
+            "set --user and --password, or $AQUEUE_DASH_TOKEN, or bind to 127.0.0.1"
+        )
+    url = args.url or os.environ.get("AQUEUE_URL") or "redis://localhost:6379/0"
+    app = dashboard(url, read_only=not args.allow_actions, auth=auth)
+    mode = "actions enabled" if args.allow_actions else "read-only"
+    print(f"aqueue dash: http://{args.host}:{args.port}/ ({mode})", flush=True)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the previous
+    # handler: make that a clean exit (0), like SIGINT, instead of death by signal.
+    signal.signal(signal.SIGTERM, _interrupt)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
+
+
 def _log_level(text: str) -> str:
     if not isinstance(logging.getLevelName(text.upper()), int):
         raise argparse.ArgumentTypeError(
@@ -117,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--url", default=None, help="server URL (default: $AQUEUE_URL or redis://localhost:6379/0)"
     )
+    w.add_argument(
+        "--processes", "-p", type=_positive_int, default=None, metavar="N",
+        help="run N worker processes under a supervisor that restarts them (default: one, "
+        "in this process)",
+    )  # fmt: skip
     d = sub.add_parser(
         "dev", help="embedded Valkey + worker in one process",
         description="Start an embedded Valkey server and a worker, for local development.",
@@ -141,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive_float, default=5.0, help="seconds between reads (5)"
     )
     m.add_argument("--log-level", default="INFO", type=_log_level, help="logging level")
+    w = sub.add_parser(
+        "dash",
+        help="serve the web dashboard (aqueue[web])",
+        description="Serve the web dashboard until SIGTERM/SIGINT. Read-only unless "
+        "--allow-actions; auth by --user/--password or $AQUEUE_DASH_TOKEN (required to "
+        "bind anything but loopback).",
+    )
+    w.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
+    w.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    w.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
+    w.add_argument(
+        "--allow-actions", action="store_true", help="enable pause/resume and task actions"
+    )
+    w.add_argument("--user", default=None, help="basic-auth user name")
+    w.add_argument(
+        "--password", default=None, help="basic-auth password (or $AQUEUE_DASH_PASSWORD)"
+    )
+    w.add_argument("--log-level", default="INFO", type=_log_level, help="logging level")
     return parser
 
 
@@ -193,7 +263,12 @@ def _run_worker(worker: Worker) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     url = args.url or os.environ.get("AQUEUE_URL")
-    return _run_worker(make_worker(app, args, url))
+    worker = make_worker(app, args, url)  # usage errors surface here, not in N children
+    if args.processes is not None:
+        from ._supervisor import supervise
+
+        return supervise(args.processes, args)
+    return _run_worker(worker)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -224,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"worker": cmd_worker, "dev": cmd_dev, "metrics": cmd_metrics}
+    commands = {"worker": cmd_worker, "dev": cmd_dev, "metrics": cmd_metrics, "dash": cmd_dash}
     try:
         if hasattr(args, "admin"):
             return _cli_admin.run(args)

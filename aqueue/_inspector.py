@@ -309,7 +309,11 @@ class Inspector:
         ]
         if not ids:
             return []
-        cards = await b.run(lambda: b.redis.mget([worker_key(b.prefix, i) for i in ids]))
+        # One GET each in a pipeline, not MGET: on a cluster the cards live on any node.
+        read = b.redis.pipeline(transaction=False)
+        for i in ids:
+            read.get(worker_key(b.prefix, i))
+        cards = await b.run(read.execute)
         workers = [w for w in (_worker_info(card) for card in cards) if w is not None]
         leases = [(w, q) for w in workers for q in w.queues]
         pipe = b.redis.pipeline(transaction=False)

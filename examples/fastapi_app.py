@@ -10,19 +10,29 @@ Run it (from the repository root, with a Redis or Valkey server)::
     AQUEUE_URL=redis://localhost:6379/0 uvicorn examples.fastapi_app:app
     curl -i localhost:8000/signup -H 'content-type: application/json' \\
          -d '{"email": "ada@example.com", "name": "Ada"}'
+
+The queues dashboard (``pip install 'aqueue[web]'``) is mounted at /admin/queues/ behind
+the app's own auth: a FastAPI dependency that checks basic credentials against
+``$ADMIN_PASSWORD`` (user ``admin``). Without that variable nobody gets in.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.types import Receive, Scope, Send
 
 import aqueue
+from aqueue.web import DashboardApp, dashboard
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +57,48 @@ async def send_welcome(ctx: aqueue.Context, signup: Signup) -> None:
     sent[ctx.task_id] = signup.email
 
 
-def create_app(url: str | None = None) -> FastAPI:
-    """The app, serving tasks from ``url`` (default: ``$AQUEUE_URL``, then localhost).
+# Module level: FastAPI resolves the dependency annotations below by name.
+basic = HTTPBasic(realm="admin")
+
+
+class Mounted(Response):
+    """A response that hands the request to an ASGI app mounted at ``prefix``: how a
+    FastAPI route, and so its dependencies, can guard a whole sub-application
+    (``app.mount`` takes no dependencies)."""
+
+    def __init__(self, app: DashboardApp, prefix: str) -> None:
+        super().__init__()
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "") + self.prefix
+        await self.app({**scope, "root_path": root}, receive, send)
+
+
+def create_app(url: str | None = None, admin_password: str | None = None) -> FastAPI:
+    """The app, serving tasks from ``url`` (default: ``$AQUEUE_URL``, then localhost),
+    with the queues dashboard for user ``admin`` and ``admin_password`` (default:
+    ``$ADMIN_PASSWORD``; without one the dashboard refuses everyone).
 
     Creating it does no I/O: the client and the worker connect in the lifespan.
     """
     redis_url = url or os.environ.get("AQUEUE_URL", "redis://localhost:6379/0")
+    password = admin_password or os.environ.get("ADMIN_PASSWORD")
+
+    def require_admin(credentials: Annotated[HTTPBasicCredentials, Depends(basic)]) -> str:
+        """The app's own auth, as a dependency: any admin route can use it."""
+        user_ok = secrets.compare_digest(credentials.username.encode(), b"admin")
+        given = credentials.password.encode()
+        password_ok = password is not None and secrets.compare_digest(given, password.encode())
+        if not (user_ok and password_ok):
+            raise HTTPException(
+                status_code=401, detail="admins only", headers={"WWW-Authenticate": "Basic"}
+            )
+        return credentials.username
+
+    # Actions on: only admins get this far. The app authenticates, so no auth= here.
+    queues = dashboard(redis_url, read_only=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +111,7 @@ def create_app(url: str | None = None) -> FastAPI:
         ):
             app.state.aqueue = client
             yield
+        await queues.close()  # a mounted dashboard's lifespan does not run: close it here
 
     app = FastAPI(title="aqueue + FastAPI", lifespan=lifespan)
 
@@ -80,6 +127,19 @@ def create_app(url: str | None = None) -> FastAPI:
         except aqueue.BrokerUnavailable:
             raise HTTPException(status_code=503, detail="queue unavailable, retry") from None
         return {"id": info.id}
+
+    @app.get("/admin/queues", include_in_schema=False, dependencies=[Depends(require_admin)])
+    async def dashboard_home() -> Response:
+        return RedirectResponse("/admin/queues/")
+
+    @app.api_route(
+        "/admin/queues/{path:path}",
+        methods=["GET", "POST"],
+        include_in_schema=False,
+        dependencies=[Depends(require_admin)],
+    )
+    async def dashboard_pages(path: str) -> Mounted:
+        return Mounted(queues, "/admin/queues")
 
     return app
 

@@ -8,6 +8,7 @@ it acked (gone from the queue's states, counted in the processed total).
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,46 @@ def test_fastapi_app_with_a_dead_server_fails_at_startup_not_at_creation() -> No
     app = fastapi_app.create_app(DEAD_URL)  # builds without connecting
     with pytest.raises(aqueue.BrokerUnavailable, match="127.0.0.1:1"), TestClient(app):
         pass
+
+
+def test_fastapi_mounts_the_dashboard_behind_the_app_s_own_auth(
+    aqueue_url: str, r: redis.Redis
+) -> None:
+    app = fastapi_app.create_app(aqueue_url, admin_password="s3cret")
+    admin = ("admin", "s3cret")
+    with TestClient(app) as http:
+        task_id = http.post("/signup", json=SIGNUP).json()["id"]
+        anyio.run(wait_until_processed, fastapi_app.sent, r, task_id)
+        for path in ("/admin/queues", "/admin/queues/", "/admin/queues/static/dash.css"):
+            assert http.get(path).status_code == 401, path
+            assert http.get(path, auth=("admin", "wrong")).status_code == 401, path
+        page = http.get("/admin/queues", auth=admin)
+        assert page.status_code == 200
+        assert page.url.path == "/admin/queues/"
+        # The dashboard knows where it is mounted: its links and assets stay under it.
+        assert 'href="/admin/queues/queues/default"' in page.text
+        assert 'href="/admin/queues/static/dash.css"' in page.text
+        assert http.get("/admin/queues/static/dash.css", auth=admin).status_code == 200
+        # Actions are on for admins: pausing the queue works, through the mount.
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert token is not None
+        forged = http.post("/admin/queues/queues/default/pause", data={"csrf": token[1]})
+        assert forged.status_code == 401
+        paused = http.post(
+            "/admin/queues/queues/default/pause", data={"csrf": token[1]}, auth=admin
+        )
+        assert paused.status_code == 200
+        assert "queue default paused" in paused.text
+        assert r.exists(KEYS.paused)
+
+
+def test_fastapi_dashboard_refuses_everyone_without_an_admin_password(
+    aqueue_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
+    with TestClient(fastapi_app.create_app(aqueue_url)) as http:
+        assert http.get("/admin/queues/", auth=("admin", "")).status_code == 401
+        assert http.get("/admin/queues/", auth=("admin", "anything")).status_code == 401
 
 
 # -- aiohttp -------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""A 3-master Valkey Cluster on loopback ports, formed with CLUSTER ADDSLOTSRANGE and
+CLUSTER MEET (about 2 s). Used by the ``url`` fixture's "cluster" kind and by
+tests/test_cluster.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from aqueue._server import EmbeddedServer, free_port
+
+SLOTS = [(0, 5460), (5461, 10922), (10923, 16383)]
+CLUSTER_FLAGS = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "2000"]  # fmt: skip
+
+
+def command(node: redis.Redis, *args: str | int) -> Any:
+    return node.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+class Cluster:
+    """Three masters, a third of the slots each; call ``ok()`` until it is formed."""
+
+    def __init__(self) -> None:
+        self.bus = [free_port() for _ in SLOTS]
+        self.servers = [
+            EmbeddedServer(extra=[*CLUSTER_FLAGS, "--cluster-port", str(bus)]) for bus in self.bus
+        ]
+        for server in self.servers:
+            server.start()
+        self.nodes = [redis.Redis(port=s.port) for s in self.servers]
+        for node, (first, last) in zip(self.nodes, SLOTS, strict=True):
+            command(node, "CLUSTER", "ADDSLOTSRANGE", first, last)
+        for server, bus in zip(self.servers[1:], self.bus[1:], strict=True):
+            command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+
+    def ok(self) -> bool:
+        return all(b"cluster_state:ok" in command(n, "CLUSTER", "INFO") for n in self.nodes)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def node_of(self, key: str) -> int:
+        """Index of the master holding ``key``."""
+        slot = int(command(self.nodes[0], "CLUSTER", "KEYSLOT", key))
+        return next(i for i, (first, last) in enumerate(SLOTS) if first <= slot <= last)
+
+    def flush(self) -> None:
+        for n in self.nodes:
+            n.flushall()
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+        for s in self.servers:
+            s.close()
