@@ -175,8 +175,15 @@ class LeaseKeeper:
     async def heartbeat_loop(self) -> None:
         w = self.w
         interval = w.lease_ttl / 3
+        beats = 0
         while True:
             await anyio.sleep(interval)
+            beats += 1
+            if beats % 3 == 0:
+                # Once per lease_ttl, audit our own lease lists: an id we do not hold
+                # can be left there by any lost write (a failover that dropped an ack,
+                # a reply lost on a cut connection), and no reaper touches a live lease.
+                w._suspect.update(w.queues)
             try:
                 await self.renew()
                 w._recovered()

@@ -448,3 +448,26 @@ async def test_cancelling_run_returns_running_tasks_without_counting_an_attempt(
     assert await peek.pending() == [info.id]
     assert await peek.retried(info.id) == 0
     assert await peek.r.keys(peek.k + "l:*") == []
+
+
+async def test_a_worker_audits_its_own_lease_and_returns_ids_it_does_not_hold(
+    url: str, peek: Peek
+) -> None:
+    mux = Mux()
+    ran: list[str] = []
+
+    @mux.task("t")
+    async def t(ctx: Context) -> None:
+        ran.append(ctx.task_id)
+
+    async with aqueue.Client(url) as client:
+        info = await client.enqueue(t)
+    worker = Worker(mux, url, lease_ttl=0.6)
+    # Simulate a lost write: the task sits active in the worker's live lease list, but
+    # the worker never heard of it (its claim reply, or its ack, was lost in a failover).
+    lease = peek.k + f"l:{worker.id}"
+    await peek.r.lmove(peek.k + "pending", lease, "RIGHT", "LEFT")
+    await peek.r.hset(peek.k + "states", info.id, f"@{worker.id}.999")
+    async with worker:
+        await wait_for(lambda: bool(ran), timeout=10)
+    assert ran == [info.id]
