@@ -19,8 +19,12 @@ from typing import Any, NoReturn
 import anyio
 
 from . import _cli_admin
+
+# Argument types shared with the admin commands.
+from ._cli_admin import _count as _positive_int
+from ._cli_admin import _queue as _queue_name
+from ._cli_admin import _seconds as _positive_float
 from ._mux import Mux
-from ._task import check_queue_name
 from ._worker import Worker
 from .errors import AqueueError
 
@@ -40,33 +44,6 @@ def _queue_weight(text: str) -> tuple[str, float]:
             f"weight of queue {name!r} must be a number, got {weight!r}"
         ) from None
     return name, value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _queue_name(text: str) -> str:
-    try:
-        return check_queue_name(text)
-    except AqueueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
