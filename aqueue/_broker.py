@@ -72,6 +72,8 @@ class Scripts:
 SCRIPTS = Scripts()
 
 Call = tuple[Script, Sequence[str], Sequence[Any]]
+# What Client, Worker and Inspector connect to: a URL, or a client you already have.
+ServerLike = str | aioredis.Redis | RedisCluster
 
 
 def redacted(url: str) -> str:
@@ -169,7 +171,7 @@ class Broker:
 
     def __init__(
         self,
-        url_or_redis: str | aioredis.Redis | RedisCluster,
+        url_or_redis: ServerLike,
         *,
         timeout: float = 5.0,
         prefix: str = DEFAULT_PREFIX,

@@ -11,10 +11,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import msgspec
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, redacted
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike, redacted
 from ._codec import (
     Body,
     decode_value,
@@ -87,7 +86,7 @@ class Client:
 
     def __init__(
         self,
-        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        url_or_redis: ServerLike = DEFAULT_URL,
         *,
         timeout: float = 5.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,

@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, Script
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, Script, ServerLike
 from ._codec import decode_message, decode_value
 from ._cron import CronEntry
 from ._keys import (
@@ -89,7 +88,7 @@ class Inspector:
 
     def __init__(
         self,
-        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        url_or_redis: ServerLike = DEFAULT_URL,
         *,
         timeout: float = 5.0,
         prefix: str = DEFAULT_PREFIX,

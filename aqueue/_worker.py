@@ -27,9 +27,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import redis.asyncio as aioredis
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike
 from ._codec import decode_message, encode_value
 from ._keys import QueueKeys, done_channel, queue_keys
 from ._lease import LeaseKeeper, today
@@ -57,7 +56,7 @@ class Worker:
     def __init__(
         self,
         mux: Mux,
-        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        url_or_redis: ServerLike = DEFAULT_URL,
         *,
         concurrency: int = 10,
         queues: Mapping[str, int | float] | Sequence[str] | None = None,
@@ -128,7 +127,7 @@ class Worker:
 
     # -- public lifecycle ------------------------------------------------------------
 
-    def replace(self, url_or_redis: str | aioredis.Redis | None = None, **changes: Any) -> Worker:
+    def replace(self, url_or_redis: ServerLike | None = None, **changes: Any) -> Worker:
         """A new, stopped Worker with the same settings except ``changes``."""
         return Worker(self.mux, url_or_redis or self.url_or_redis, **{**self.options, **changes})
 

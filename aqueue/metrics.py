@@ -35,7 +35,6 @@ from wsgiref.simple_server import WSGIServer
 
 import anyio
 import anyio.abc
-import redis.asyncio as aioredis
 
 try:
     import prometheus_client
@@ -47,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "aqueue.metrics needs prometheus-client: pip install 'aqueue[prometheus]'"
     ) from exc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, redacted
+from ._broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike, redacted
 from ._inspector import Inspector
 from ._mux import Context
 from ._task import QueueInfo, State, check_queue_name, seconds
@@ -290,7 +289,7 @@ class QueueCollector:
 
     def __init__(
         self,
-        url_or_redis: str | aioredis.Redis = DEFAULT_URL,
+        url_or_redis: ServerLike = DEFAULT_URL,
         *,
         queues: Sequence[str] | None = None,
         interval: float = 5.0,

@@ -174,9 +174,9 @@ async def test_an_existing_redis_cluster_client_is_accepted(url: str, cluster: C
     SEEN.clear()
     rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster.servers[0].port)])
     try:
-        async with aqueue.Client(rc) as client:  # type: ignore[arg-type]
+        async with aqueue.Client(rc) as client:
             await client.enqueue("c:echo", 3, queue="a")
-        async with aqueue.Worker(mux, rc, queues=ALL):  # type: ignore[arg-type]
+        async with aqueue.Worker(mux, rc, queues=ALL):
             await wait_for(lambda: SEEN == [("a", 3)])
     finally:
         await rc.aclose()

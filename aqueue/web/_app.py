@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import jinja2
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -26,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._broker import ServerLike
 from .._inspector import Inspector
 from ..errors import AqueueError, BrokerUnavailable, QueueNotFound, TaskNotFound
 from . import _format
@@ -65,7 +65,7 @@ class _Inspectors:
     it, and a test client (or a reloading server) may serve the app from a new loop.
     Keyed weakly by the loop itself: a new loop never inherits a dead loop's pool."""
 
-    def __init__(self, url_or_redis: str | aioredis.Redis) -> None:
+    def __init__(self, url_or_redis: ServerLike) -> None:
         self._source = url_or_redis
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inspector] = (
             weakref.WeakKeyDictionary()
@@ -86,7 +86,7 @@ class _Inspectors:
 
 
 class Dashboard:
-    def __init__(self, url_or_redis: str | aioredis.Redis, *, read_only: bool) -> None:
+    def __init__(self, url_or_redis: ServerLike, *, read_only: bool) -> None:
         self.inspectors = _Inspectors(url_or_redis)
         self.read_only = read_only
         self.csrf = Csrf()
@@ -337,7 +337,7 @@ class DashboardApp:
 
 
 def dashboard(
-    url_or_redis: str | aioredis.Redis,
+    url_or_redis: ServerLike,
     *,
     read_only: bool = True,
     auth: tuple[str, str] | str | None = None,
