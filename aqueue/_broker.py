@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar, cast
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -378,6 +379,31 @@ def _pool_options() -> dict[str, Any]:
     from redis.maint_notifications import MaintNotificationsConfig
 
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
+class Connected:
+    """Close and ``async with`` for the objects that own a Broker (Client, Inspector)."""
+
+    _broker: Broker
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    async def close(self) -> None:
+        """Close the connections this object opened (never a client passed in)."""
+        await self._broker.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def _is_noscript(reply: object) -> bool:

@@ -6,14 +6,22 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import msgspec
 import redis.exceptions as rexc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike, redacted
+from ._broker import (
+    DEFAULT_PREFIX,
+    DEFAULT_URL,
+    SCRIPTS,
+    Broker,
+    Call,
+    Connected,
+    ServerLike,
+    redacted,
+)
 from ._codec import (
     Body,
     decode_value,
@@ -76,7 +84,7 @@ class _Prepared:
         self.type, self.data, self.opts, self.args, self.now = task_type, data, opts, args, now
 
 
-class Client:
+class Client(Connected):
     """Enqueues tasks. Cheap to create, connects on first use; share one per process.
 
     ``timeout`` bounds how long any call waits on an unreachable server before
@@ -106,10 +114,6 @@ class Client:
         self._max_payload = max_payload_bytes
         self._known_queues: dict[str, float] = {}  # queue -> when it was last registered
         self.durable = durable
-
-    @property
-    def broker(self) -> Broker:
-        return self._broker
 
     @overload
     async def enqueue(
@@ -360,21 +364,6 @@ class Client:
     async def cancel(self, queue: str, task_id: str) -> None:
         """Cancel a task, as ``Inspector.cancel`` does."""
         await cancel_task(self._broker, queue, task_id)
-
-    async def close(self) -> None:
-        """Close the connections this client opened (not a client passed in)."""
-        await self._broker.close()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def enqueue_keys(k: QueueKeys, *, unique: bool = False, cron: bool = False) -> tuple[str, ...]:

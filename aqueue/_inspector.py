@@ -14,12 +14,20 @@ import functools
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 import redis.exceptions as rexc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, Script, ServerLike
+from ._broker import (
+    DEFAULT_PREFIX,
+    DEFAULT_URL,
+    SCRIPTS,
+    Broker,
+    Call,
+    Connected,
+    Script,
+    ServerLike,
+)
 from ._codec import decode_message, decode_value
 from ._cron import CronEntry
 from ._keys import (
@@ -78,7 +86,7 @@ async def cancel_task(broker: Broker, queue: str, task_id: str) -> str:
     return text
 
 
-class Inspector:
+class Inspector(Connected):
     """Looks into queues and repairs them. Connects lazily; usable without ``async with``.
 
     Queue-level calls on a queue the server has never heard of raise ``QueueNotFound``
@@ -94,12 +102,6 @@ class Inspector:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self._broker = Broker(url_or_redis, timeout=timeout, prefix=prefix)
-
-    @property
-    def broker(self) -> Broker:
-        return self._broker
-
-    # -- queues --------------------------------------------------------------------------
 
     async def queues(self) -> list[str]:
         """Names of every queue a client or worker has used, sorted."""
@@ -493,20 +495,6 @@ class Inspector:
         from ._scheduler import read_cron_entries  # the scheduler imports the client
 
         return await read_cron_entries(self._broker)
-
-    async def close(self) -> None:
-        await self._broker.close()
-
-    async def __aenter__(self) -> Inspector:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | None:
