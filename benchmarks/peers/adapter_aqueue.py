@@ -34,9 +34,6 @@ def _quiet_storage_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("the server keeps nothing on disk")
 
 
-logging.getLogger("aqueue.worker").addFilter(_quiet_storage_warning)
-
-
 @mux.task("bench:item")
 async def item(ctx: aqueue.Context, payload: Item) -> None:
     """What the enqueue workloads write (never run)."""
@@ -82,6 +79,11 @@ async def producer(url: str) -> AsyncIterator[Producer]:
 
 @asynccontextmanager
 async def worker(url: str, concurrency: int) -> AsyncIterator[Settled]:
+    # Installed here, in the benchmark's worker process, not at import: importing this
+    # module (as its tests do) must not change what aqueue logs elsewhere.
+    worker_log = logging.getLogger("aqueue.worker")
+    if _quiet_storage_warning not in worker_log.filters:
+        worker_log.addFilter(_quiet_storage_warning)
     # A task is done once its ack is written: the queue's processed total counts acks.
     stats = queue_keys(DEFAULT_PREFIX, "default").stats
 
