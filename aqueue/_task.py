@@ -150,7 +150,3 @@ def from_ms(value: int | None) -> datetime | None:
     if not value:
         return None
     return datetime.fromtimestamp(value / 1000, tz=UTC)
-
-
-def now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)

@@ -19,7 +19,6 @@ import anyio
 import pytest
 import redis
 
-from ._broker import DEFAULT_PREFIX
 from ._keys import queue_keys
 from ._mux import Mux
 from ._server import EmbeddedServer
@@ -98,7 +97,3 @@ def aqueue_url(aqueue_server_url: str) -> str:
     finally:
         client.close()
     return aqueue_server_url
-
-
-# Re-exported so tests can name the key layout's default prefix if they need it.
-PREFIX = DEFAULT_PREFIX
