@@ -1,19 +1,21 @@
 """Shared fixtures: real servers only.
 
 ``url`` is parametrized over every server kind reachable here: an embedded Valkey 9
-(always) and the machine's Redis 7 at 127.0.0.1:6379 when it answers (database 13,
+(always) and the machine's Redis 7 at 127.0.0.1:6379 when it answers (database 13, or
+``AQUEUE_TEST_REDIS_DB`` so that two runs on one machine do not flush each other's data;
 flushed before and after each test). Tests that must run on both use ``url``; the
 rest use the plugin's ``aqueue_url`` (Valkey only).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-REDIS7_URL = "redis://127.0.0.1:6379/13"
+REDIS7_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('AQUEUE_TEST_REDIS_DB', '13'))}"
 
 
 @pytest.fixture

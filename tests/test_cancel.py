@@ -14,6 +14,7 @@ from aqueue import Context, Mux, Worker
 from aqueue.server import EmbeddedServer
 from aqueue.testing import drain
 
+from .conftest import REDIS7_URL
 from .helpers import Peek, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -169,7 +170,7 @@ async def test_durable_enqueue_on_a_server_without_aof_says_so(aqueue_url: str) 
 
 
 async def test_durable_enqueue_on_a_server_without_waitaof_says_so() -> None:
-    url = "redis://127.0.0.1:6379/13"
+    url = REDIS7_URL
     try:
         version = str(redis.Redis.from_url(url).info("server")["redis_version"])
     except redis.RedisError:
