@@ -160,6 +160,10 @@ class _Entry:
         self.chains = chains
 
     def middleware(self) -> list[Middleware]:
+        """The chains read when called (middleware added later counts); with one
+        chain, that list itself: callers only read it, and no copy per task."""
+        if len(self.chains) == 1:
+            return self.chains[0]
         return [mw for chain in self.chains for mw in chain]
 
 

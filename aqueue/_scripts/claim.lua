@@ -34,28 +34,53 @@ if lease_exp <= now or redis.call('EXISTS', KEYS[5]) == 1 then
   if lease_exp <= now then return -2 end
   return -1
 end
-local out = {}
-local function take(id)
-  local msg = redis.call('HGET', KEYS[3], id)
-  if not msg or redis.call('HGET', KEYS[4], id) ~= 'pending' then
-    -- Deleted, archived or cancelled while it waited (a cancel can race a blocking
-    -- move), or a stale duplicate of a task that runs elsewhere: drop the id, run
-    -- nothing.
-    redis.call('LREM', KEYS[2], 1, id)
-    return
+-- Batched: one LRANGE/LTRIM/LPUSH moves the batch and one HMGET per hash reads it,
+-- instead of five calls per task; a call from Lua costs more than the work it does.
+local CHUNK = 500 -- unpack() takes a bounded number of values
+local function call_chunked(cmd, key, values, from)
+  local replies = {}
+  for lo = from or 1, #values, CHUNK do
+    local part = redis.call(cmd, key, unpack(values, lo, math.min(lo + CHUNK - 1, #values)))
+    if type(part) == 'table' then
+      for _, v in ipairs(part) do replies[#replies + 1] = v end
+    end
   end
-  local token = wid .. '.' .. seq
-  seq = seq + 1
-  redis.call('HSET', KEYS[4], id, '@' .. token)
-  out[#out + 1] = id
-  out[#out + 1] = token
-  out[#out + 1] = msg
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[7], id) or '0')
+  return replies
 end
-if moved ~= '' then take(moved) end
-for _ = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not id then break end
-  take(id)
+local ids = {}
+if moved ~= '' then ids[1] = moved end
+local n = tonumber(ARGV[1])
+if n > 0 then
+  -- The n oldest pending ids sit at the right end of the list (enqueue pushes left).
+  local got = redis.call('LRANGE', KEYS[1], -n, -1)
+  if #got > 0 then
+    redis.call('LTRIM', KEYS[1], 0, -#got - 1)
+    call_chunked('LPUSH', KEYS[2], got)
+    for i = #got, 1, -1 do ids[#ids + 1] = got[i] end -- oldest first
+  end
 end
+if #ids == 0 then return {} end
+local msgs = call_chunked('HMGET', KEYS[3], ids)
+local states = call_chunked('HMGET', KEYS[4], ids)
+local retried = call_chunked('HMGET', KEYS[7], ids)
+local out, active, seen = {}, {}, {}
+for i, id in ipairs(ids) do
+  if not msgs[i] or states[i] ~= 'pending' or seen[id] then
+    -- Deleted, archived or cancelled while it waited (a cancel can race a blocking
+    -- move), or a stale duplicate of a task that runs elsewhere or earlier in this
+    -- batch: drop this copy of the id, run nothing.
+    redis.call('LREM', KEYS[2], 1, id)
+  else
+    seen[id] = true
+    local token = wid .. '.' .. seq
+    seq = seq + 1
+    active[#active + 1] = id
+    active[#active + 1] = '@' .. token
+    out[#out + 1] = id
+    out[#out + 1] = token
+    out[#out + 1] = msgs[i]
+    out[#out + 1] = tonumber(retried[i] or '0')
+  end
+end
+if #active > 0 then call_chunked('HSET', KEYS[4], active) end
 return out
