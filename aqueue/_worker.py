@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -392,15 +392,9 @@ class Worker:
         dry: set[str] = set()
         claimed = False
         while not self._stopping and self._free > 0:
-            candidates = [q for q in self._available() if q not in dry]
-            if not candidates:
+            plan = self._plan(min(self._free, self.batch_size), dry)
+            if not plan:
                 break
-            n = min(self._free, self.batch_size)
-            if self.strict_priority or len(candidates) == 1:
-                plan = {candidates[0]: n}
-            else:
-                weights = [self.queues[q] for q in candidates]
-                plan = dict(Counter(random.choices(candidates, weights=weights, k=n)))
             got = await self._claim(plan)
             for q, asked in plan.items():
                 if got.get(q, 0) < asked:
@@ -408,12 +402,18 @@ class Worker:
             claimed = claimed or sum(got.values()) > 0
         return claimed
 
-    async def _claim(self, plan: Mapping[str, int], moved: str = "") -> dict[str, int]:
-        """Run the claim script for each queue of ``plan`` in one round trip.
+    def _plan(self, n: int, dry: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """How many of ``n`` tasks to ask of each queue: by weight, or all of the
+        heaviest under strict priority; nothing if every queue is paused or dry."""
+        candidates = [q for q in self._available() if q not in dry]
+        if not candidates or n <= 0:
+            return {}
+        if self.strict_priority or len(candidates) == 1:
+            return {candidates[0]: n}
+        weights = [self.queues[q] for q in candidates]
+        return dict(Counter(random.choices(candidates, weights=weights, k=n)))
 
-        The slots are taken before the call and the unused ones given back after, so a
-        concurrent claim can never overshoot the concurrency limit.
-        """
+    def _claim_calls(self, plan: Mapping[str, int], moved: str = "") -> list[Call]:
         now = int(time.time() * 1000)
         calls: list[Call] = []
         for q, n in plan.items():
@@ -421,17 +421,35 @@ class Worker:
             keys = (k.pending, self._lease[q], k.tasks, k.states, k.paused, k.leases, k.retried)
             calls.append((SCRIPTS.claim, keys, [n, self.id, self._seq, now, moved]))
             self._seq += n + 1
+        return calls
+
+    async def _claim(self, plan: Mapping[str, int], moved: str = "") -> dict[str, int]:
+        """Run the claim script for each queue of ``plan`` in one round trip.
+
+        The slots are taken before the call and the unused ones given back after, so a
+        concurrent claim can never overshoot the concurrency limit.
+        """
+        calls = self._claim_calls(plan, moved)
         if not moved:
             self._free -= sum(plan.values())
         try:
             replies = await self._broker.run(lambda: self._broker.scripts(calls))
         except BrokerUnavailable as exc:
-            # The script may have run with its reply lost: audit these lease lists.
-            self._suspect.update(plan)
-            self._release(sum(plan.values()) if not moved else 0)
+            self._claim_lost(plan, moved)
             await self._outage(exc)
             return {}
         self._recovered()
+        return await self._claimed(plan, replies, moved)
+
+    def _claim_lost(self, plan: Mapping[str, int], moved: str = "") -> None:
+        """The claim may have run with its reply lost: audit these lease lists."""
+        self._suspect.update(plan)
+        self._release(sum(plan.values()) if not moved else 0)
+
+    async def _claimed(
+        self, plan: Mapping[str, int], replies: Sequence[Any], moved: str = ""
+    ) -> dict[str, int]:
+        """Start what the claim scripts of ``plan`` returned; give back unused slots."""
         got: dict[str, int] = {}
         lost = False
         for (q, n), reply in zip(plan.items(), replies, strict=True):
@@ -661,9 +679,25 @@ class Worker:
             for q, items in batch.items()
             if (ids := [c.id for c, _ in items if c.body.retention > 0])
         ]
+        # A busy worker claims the tasks that take the acked tasks' slots in the same
+        # round trip: the server runs the claims after the acks, so the worker never
+        # holds more tasks than slots, and a claim costs no round trip of its own.
+        plan: dict[str, int] = {}
+        if self._slot_waiter is not None and not self._stopping and not self._suspect:
+            plan = self._plan(min(sum(len(v) for v in batch.values()), self.batch_size))
+        claims = self._claim_calls(plan)
+        self._free -= sum(plan.values())
+        unsent = claims
+
+        def write() -> Awaitable[list[Any]]:
+            # Only the first attempt carries the claims: after a failure they may have
+            # run with their reply lost, and the audit sorts that out instead.
+            nonlocal unsent
+            sending, unsent = unsent, []
+            return self._broker.scripts([*calls, *sending], notices)
+
         try:
-            replies = await self._persist(lambda: self._broker.scripts(calls, notices))
-            replies = replies[: len(calls)]
+            replies = await self._persist(write)
         except BrokerUnavailable as exc:
             log.error(
                 "could not write %d ack(s) before the lease expired (%s); those tasks will "
@@ -673,6 +707,9 @@ class Worker:
             )
             replies = [[] for _ in batch]
             self._suspect.update(batch)
+        claimed = len(replies) == len(calls) + len(claims) + len(notices) and bool(claims)
+        claim_replies = replies[len(calls) : len(calls) + len(claims)]
+        replies = replies[: len(calls)]
         for (q, items), stale in zip(batch.items(), replies, strict=True):
             for sid in stale:
                 log.warning(
@@ -684,6 +721,11 @@ class Worker:
                     log.debug("task %s (%s) on %s: completed", c.id, c.body.type, q)
                 self._forget(c, slots=0)
             self._release(len(items))
+        if claimed:
+            self._recovered()
+            await self._claimed(plan, claim_replies)
+        elif plan:
+            self._claim_lost(plan)
 
     async def _persist(self, fn: Any) -> Any:
         """Write an outcome, retrying connection failures with backoff for as long as
