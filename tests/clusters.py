@@ -1,6 +1,9 @@
 """A 3-master Valkey Cluster on loopback ports, formed with CLUSTER ADDSLOTSRANGE and
-CLUSTER MEET (about 2 s). Used by the ``url`` fixture's "cluster" kind and by
-tests/test_cluster.py."""
+CLUSTER MEET (about 2 s). One per test session (the ``cluster`` fixture in conftest),
+shared by the ``url`` fixture's "cluster" kind and by tests/test_cluster.py.
+
+Its nodes keep an append-only file (fsync every second, cheap) so that a durable
+enqueue, which waits on WAITAOF, can be confirmed on a cluster too."""
 
 from __future__ import annotations
 
@@ -25,15 +28,21 @@ class Cluster:
     def __init__(self) -> None:
         self.bus = [free_port() for _ in SLOTS]
         self.servers = [
-            EmbeddedServer(extra=[*CLUSTER_FLAGS, "--cluster-port", str(bus)]) for bus in self.bus
+            EmbeddedServer(appendonly=True, extra=[*CLUSTER_FLAGS, "--cluster-port", str(bus)])
+            for bus in self.bus
         ]
-        for server in self.servers:
-            server.start()
-        self.nodes = [redis.Redis(port=s.port) for s in self.servers]
-        for node, (first, last) in zip(self.nodes, SLOTS, strict=True):
-            command(node, "CLUSTER", "ADDSLOTSRANGE", first, last)
-        for server, bus in zip(self.servers[1:], self.bus[1:], strict=True):
-            command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+        self.nodes: list[redis.Redis] = []
+        try:
+            for server in self.servers:
+                server.start()
+            self.nodes = [redis.Redis(port=s.port) for s in self.servers]
+            for node, (first, last) in zip(self.nodes, SLOTS, strict=True):
+                command(node, "CLUSTER", "ADDSLOTSRANGE", first, last)
+            for server, bus in zip(self.servers[1:], self.bus[1:], strict=True):
+                command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+        except BaseException:
+            self.close()  # no server left running behind a failed start
+            raise
 
     def ok(self) -> bool:
         return all(b"cluster_state:ok" in command(n, "CLUSTER", "INFO") for n in self.nodes)

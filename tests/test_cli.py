@@ -22,13 +22,12 @@ import anyio
 import anyio.abc
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 import aqueue
 from aqueue.server import free_port
 
 from .apps.cli_app import Note, note
-from .helpers import Peek, wait_for
+from .helpers import Peek, araw_client, node_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "tests.apps.cli_app"
@@ -137,12 +136,18 @@ async def cli(tmp_path: Path, *args: str, **env: str) -> AsyncIterator[Running]:
 
 
 async def _values(url: str, key: str) -> list[str]:
-    r = aioredis.Redis.from_url(url)
+    r = araw_client(url)
     try:
         values = await r.lrange(key, 0, -1)
         return [v.decode() if isinstance(v, bytes) else v for v in values]
     finally:
         await r.aclose()
+
+
+def _note(url: str, key: str, value: str, hold: float = 0.0) -> Note:
+    """The handler writes with a plain client: on a cluster, give it the URL of the
+    master of ``key`` (and of ``key:started``: tag the key, e.g. ``{slow}``)."""
+    return Note(node_url(url, key), key, value, hold)
 
 
 async def _wait_values(run: Running, url: str, key: str, expected: set[str]) -> None:
@@ -168,13 +173,13 @@ async def test_worker_processes_tasks_from_every_queue_it_is_given(
     async with aqueue.Client(url) as client:
         for i in range(6):
             queue = "a" if i % 2 else "b"
-            await client.enqueue(note, Note(url, "done", f"{queue}{i}"), queue=queue)
+            await client.enqueue(note, _note(url, "done", f"{queue}{i}"), queue=queue)
     args = ["worker", f"{APP}:mux", "--url", url, "--concurrency", "4"]
     async with cli(tmp_path, *args, "--queue", "a=3", "--queue", "b=1") as run:
         await _wait_values(run, url, "done", {"b0", "a1", "b2", "a3", "b4", "a5"})
         # Tasks enqueued while the worker runs are picked up too.
         async with aqueue.Client(url) as client:
-            await client.enqueue(note, Note(url, "late", "x"), queue="b")
+            await client.enqueue(note, _note(url, "late", "x"), queue="b")
         await _wait_values(run, url, "late", {"x"})
         run.send(signal.SIGTERM)
         assert await run.exit_code() == 0
@@ -197,11 +202,11 @@ async def test_sigterm_waits_for_a_handler_that_finishes_within_shutdown_timeout
     args = ["worker", f"{APP}:mux", "--url", url, "--shutdown-timeout", "15"]
     async with cli(tmp_path, *args) as run:
         async with aqueue.Client(url) as client:
-            await client.enqueue(note, Note(url, "slow", "v", hold=0.5))
-        await _wait_values(run, url, "slow:started", {"v"})
+            await client.enqueue(note, _note(url, "{slow}", "v", hold=0.5))
+        await _wait_values(run, url, "{slow}:started", {"v"})
         run.send(signal.SIGTERM)
         assert await run.exit_code() == 0
-    assert await _values(url, "slow") == ["v"]
+    assert await _values(url, "{slow}") == ["v"]
     peek = Peek(url)
     try:
         assert await peek.r.hlen(peek.k + "states") == 0
@@ -216,11 +221,11 @@ async def test_sigterm_returns_a_handler_still_running_at_shutdown_timeout_to_pe
     args = ["worker", f"{APP}:mux", "--url", url, "--queue", "a=1", "--shutdown-timeout", "0.2"]
     async with cli(tmp_path, *args) as run:
         async with aqueue.Client(url) as client:
-            info = await client.enqueue(note, Note(url, "stuck", "v", hold=3600), queue="a")
-        await _wait_values(run, url, "stuck:started", {"v"})
+            info = await client.enqueue(note, _note(url, "{stuck}", "v", hold=3600), queue="a")
+        await _wait_values(run, url, "{stuck}:started", {"v"})
         run.send(signal.SIGTERM)
         assert await run.exit_code(timeout=10) == 0
-    assert await _values(url, "stuck") == []
+    assert await _values(url, "{stuck}") == []
     peek = Peek(url, "a")
     try:
         # Back at the head of its queue, not lost, and the attempt did not count.

@@ -69,16 +69,15 @@ async def inspector(aqueue_url: str) -> AsyncIterator[Inspector]:
 # -- stats and queues ----------------------------------------------------------------------
 
 
-async def test_stats_shows_every_queue_at_a_glance(
-    aqueue_url: str, client: aqueue.Client, inspector: Inspector
-) -> None:
-    await client.enqueue_many([Job("t", n, queue="emails") for n in range(3)])
-    await client.enqueue("t", queue="emails", process_in=3600)
-    dead = await client.enqueue("t", queue="reports")
-    await inspector.archive_task("reports", dead.id)
-    await inspector.pause("reports")
+async def test_stats_shows_every_queue_at_a_glance(url: str) -> None:
+    async with aqueue.Client(url) as client, aqueue.Inspector(url) as inspector:
+        await client.enqueue_many([Job("t", n, queue="emails") for n in range(3)])
+        await client.enqueue("t", queue="emails", process_in=3600)
+        dead = await client.enqueue("t", queue="reports")
+        await inspector.archive_task("reports", dead.id)
+        await inspector.pause("reports")
 
-    result = await aqueue_cli("stats", url=aqueue_url)
+    result = await aqueue_cli("stats", url=url)
     assert result.code == 0, result.err
     table, _, footer = result.out.partition("\n\n")
     lines = table.splitlines()
@@ -95,7 +94,7 @@ async def test_stats_shows_every_queue_at_a_glance(
     assert all(line[end - 1] != " " for line in lines)
     assert "0 live workers" in footer
 
-    as_json = (await aqueue_cli("stats", "--json", url=aqueue_url)).json()
+    as_json = (await aqueue_cli("stats", "--json", url=url)).json()
     assert [(q["queue"], q["pending"], q["scheduled"], q["archived"]) for q in as_json] == [
         ("emails", 3, 1, 0),
         ("reports", 0, 0, 1),
@@ -258,9 +257,7 @@ async def test_bulk_task_commands_say_how_many_moved(
 # -- workers -------------------------------------------------------------------------------
 
 
-async def test_workers_lists_live_workers_and_what_they_run(
-    aqueue_url: str, client: aqueue.Client
-) -> None:
+async def test_workers_lists_live_workers_and_what_they_run(url: str) -> None:
     mux = Mux()
     started = anyio.Event()
 
@@ -269,12 +266,15 @@ async def test_workers_lists_live_workers_and_what_they_run(
         started.set()
         await anyio.sleep(60)
 
-    info = await client.enqueue("report:build", 42, queue="reports")
-    async with Worker(mux, aqueue_url, queues={"reports": 2}, concurrency=3) as worker:
+    async with (
+        aqueue.Client(url) as client,
+        Worker(mux, url, queues={"reports": 2}, concurrency=3) as worker,
+    ):
+        info = await client.enqueue("report:build", 42, queue="reports")
         with anyio.fail_after(10):
             await started.wait()
-        shown = await aqueue_cli("workers", url=aqueue_url)
-        as_json = (await aqueue_cli("workers", "--json", url=aqueue_url)).json()
+        shown = await aqueue_cli("workers", url=url)
+        as_json = (await aqueue_cli("workers", "--json", url=url)).json()
         await client.cancel("reports", info.id)
     assert shown.code == 0, shown.err
     workers, _, active = shown.out.partition("\n\n")
@@ -284,7 +284,7 @@ async def test_workers_lists_live_workers_and_what_they_run(
     (w,) = as_json
     assert (w["id"], w["queues"], w["concurrency"]) == (worker.id, {"reports": 2}, 3)
     assert [t["id"] for t in w["active"]] == [info.id]
-    assert (await aqueue_cli("workers", url=aqueue_url)).out == "no live workers\n"
+    assert (await aqueue_cli("workers", url=url)).out == "no live workers\n"
 
 
 # -- usage, errors, configuration ----------------------------------------------------------

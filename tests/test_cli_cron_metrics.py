@@ -30,15 +30,15 @@ def aqueue_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def test_cron_ls_lists_each_schedule_once(aqueue_url: str) -> None:
+async def test_cron_ls_lists_each_schedule_once(url: str) -> None:
     mux = Mux()
 
     @mux.cron("*/5 * * * *", name="digest", tz="Europe/Paris", queue="mail")
     async def digest(ctx: Context) -> None: ...
 
-    async with Worker(mux, aqueue_url, queues=["mail"]), Worker(mux, aqueue_url, queues=["mail"]):
+    async with Worker(mux, url, queues=["mail"]), Worker(mux, url, queues=["mail"]):
         pass  # each registered the schedule at start
-    done = await anyio.to_thread.run_sync(aqueue_cli, "cron", "ls", "--url", aqueue_url, "--json")
+    done = await anyio.to_thread.run_sync(aqueue_cli, "cron", "ls", "--url", url, "--json")
     assert done.returncode == 0, done.stderr
     (entry,) = json.loads(done.stdout)
     assert (entry["name"], entry["spec"], entry["tz"], entry["queue"]) == (
@@ -48,7 +48,7 @@ async def test_cron_ls_lists_each_schedule_once(aqueue_url: str) -> None:
         "mail",
     )
     assert entry["next_run"] is not None
-    table = await anyio.to_thread.run_sync(aqueue_cli, "cron", "ls", "--url", aqueue_url)
+    table = await anyio.to_thread.run_sync(aqueue_cli, "cron", "ls", "--url", url)
     assert table.returncode == 0
     assert "digest" in table.stdout
     assert "*/5 * * * *" in table.stdout

@@ -21,7 +21,7 @@ from aqueue import Context, Job, Mux
 from aqueue.server import EmbeddedServer, free_port
 from aqueue.testing import drain
 
-from .helpers import Peek, wait_for
+from .helpers import Peek, araw_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -159,10 +159,14 @@ async def test_enqueue_many_reports_refusals_per_job(client: aqueue.Client) -> N
         await client.enqueue_many([Job("t", task_id="taken")])
 
 
-async def test_enqueue_many_validates_every_job_before_writing(client: aqueue.Client) -> None:
+async def test_enqueue_many_validates_every_job_before_writing(
+    client: aqueue.Client, url: str
+) -> None:
     with pytest.raises(aqueue.InvalidQueueName, match="'no spaces'"):
         await client.enqueue_many([Job("t", 1), Job("t", 2, queue="no spaces")])
-    assert await client.broker.redis.dbsize() == 0
+    r = araw_client(url)  # on a cluster, DBSIZE of every master
+    assert await r.dbsize() == 0
+    await r.aclose()
 
 
 async def test_an_existing_redis_client_is_used_and_left_open(aqueue_url: str) -> None:

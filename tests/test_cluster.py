@@ -1,13 +1,16 @@
 """Redis Cluster: ``redis+cluster://`` URLs and RedisCluster clients on 3 Valkey masters.
 
-One cluster per module (about 2 s to form), flushed before each test. Each queue's keys
-share the hash tag ``{queue}``, so a queue lives on one master and the queues spread
-over the three by their names.
+What is specific to a cluster: queues spread over the masters, several at once. The
+contract tests of the other modules run on a cluster too (the ``url`` fixture's
+"cluster" kind). The cluster is the session's (conftest), flushed around each test.
+Each queue's keys share the hash tag ``{queue}``, so a queue lives on one master and
+the queues spread over the three by their names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -16,28 +19,20 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 import aqueue
 from aqueue._broker import check_url, parse_cluster_url
 
-from .clusters import Cluster
-from .helpers import text, wait_for
+from .clusters import Cluster, command
+from .helpers import araw_client, raw_client, text, wait_for
 
 pytestmark = pytest.mark.anyio
 # Four queues whose hash tags land on all three masters (checked in a test below).
 QUEUES = ["a", "b", "c", "default"]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    try:
-        anyio.run(wait_for, c.ok, 20.0, 0.05)  # every node reports cluster_state:ok
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.fixture
-def url(cluster: Cluster) -> str:
+def url(cluster: Cluster) -> Iterator[str]:
+    """Only the cluster kind here."""
     cluster.flush()
-    return cluster.url
+    yield cluster.url
+    cluster.flush()
 
 
 mux = aqueue.Mux()
@@ -198,12 +193,80 @@ async def test_cron_enqueues_each_tick_once_with_two_workers_on_a_cluster(url: s
     assert len(TICKS) == len(set(TICKS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="a durable enqueue takes a dedicated connection with Redis.client() for "
-    "WAITAOF (aqueue/_client.py); RedisCluster has no client()",
-)
-async def test_durable_enqueue_on_a_cluster(url: str) -> None:
+async def test_durable_enqueue_on_a_cluster_waits_for_the_aof_of_each_master(
+    url: str, cluster: Cluster
+) -> None:
+    async with aqueue.Client(url, durable=True) as client:
+        one = await client.enqueue("c:echo", 1, queue="a")
+        # Queues on all three masters, new ones (their registration is a write too) and
+        # a delayed task (its notice follows the writes), in one call.
+        jobs: list[aqueue.Job[Any]] = [
+            aqueue.Job("c:echo", i, queue=q) for q in [*QUEUES, "e", "f"] for i in range(3)
+        ]
+        many = await client.enqueue_many([*jobs, aqueue.Job("c:echo", 9, process_in=60)])
+    assert len(many) == 19
+    r = raw_client(url)
+    try:
+        for info in [one, *many]:
+            state = "scheduled" if info.payload == 9 else "pending"
+            assert text(r.hget(f"aq:{{{info.queue}}}:states", info.id)) == state
+        assert {str(text(q)) for q in r.smembers("aq:queues")} == {*QUEUES, "e", "f"}
+    finally:
+        r.close()
+
+
+async def test_durable_enqueue_through_an_existing_cluster_client(
+    url: str, cluster: Cluster
+) -> None:
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster.servers[0].port)])
+    try:
+        async with aqueue.Client(rc, durable=True) as client:
+            infos = await client.enqueue_many([aqueue.Job("c:echo", 1, queue=q) for q in QUEUES])
+        assert await rc.ping()  # the Client closed its own connections only
+        for info in infos:
+            assert text(await rc.hget(f"aq:{{{info.queue}}}:states", info.id)) == "pending"
+    finally:
+        await rc.aclose()
+
+
+async def test_durable_enqueue_names_the_master_whose_aof_is_off(
+    url: str, cluster: Cluster
+) -> None:
+    node = cluster.nodes[cluster.node_of("aq:{b}:x")]
+    port = cluster.servers[cluster.node_of("aq:{b}:x")].port
+    command(node, "CONFIG", "SET", "appendonly", "no")
+    try:
+        async with aqueue.Client(url) as client:
+            await client.enqueue("c:echo", 1, queue="a", durable=True)  # another master
+            with pytest.raises(aqueue.AqueueError, match=f"appendonly off.*node 127.0.0.1:{port}"):
+                await client.enqueue_many(
+                    [aqueue.Job("c:echo", 2, queue=q) for q in QUEUES], durable=True
+                )
+    finally:
+        command(node, "CONFIG", "SET", "appendonly", "yes")
+
+        def rewritten() -> bool:
+            info = node.info("persistence")
+            return bool(info["aof_enabled"]) and not info["aof_rewrite_in_progress"]
+
+        await wait_for(rewritten)
+
+
+async def test_raw_clients_count_and_list_the_keys_of_every_master(
+    url: str, cluster: Cluster
+) -> None:
+    # What the tests' own checks rely on ("nothing written", "no key left").
     async with aqueue.Client(url) as client:
-        await client.enqueue("c:echo", 1, queue="a", durable=True)
+        await client.enqueue_many([aqueue.Job("c:echo", 1, queue=q) for q in QUEUES])
+    expected = {str(text(k)) for n in cluster.nodes for k in n.keys("*")}
+    assert len({cluster.node_of(k) for k in expected}) == 3
+    r = raw_client(url)
+    ar = araw_client(url)
+    try:
+        assert r.dbsize() == await ar.dbsize() == len(expected)
+        assert {str(text(k)) for k in r.keys("*")} == expected
+        assert {str(text(k)) for k in await ar.keys("*")} == expected
+        assert {str(text(k)) async for k in ar.scan_iter()} == expected
+    finally:
+        r.close()
+        await ar.aclose()

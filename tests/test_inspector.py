@@ -23,7 +23,7 @@ from aqueue._keys import done_channel, queue_keys
 from aqueue.server import EmbeddedServer
 from aqueue.testing import drain
 
-from .helpers import Peek, wait_for
+from .helpers import Peek, araw_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -417,7 +417,7 @@ async def test_delete_task_removes_everything_stored_about_it(
 
 
 async def test_archiving_or_deleting_a_task_wakes_whoever_waits_for_its_result(
-    client: aqueue.Client, inspector: Inspector
+    url: str, client: aqueue.Client, inspector: Inspector
 ) -> None:
     archived = await client.enqueue("ok", 1, retention=60)
     deleted = await client.enqueue("ok", 2, retention=60)
@@ -429,19 +429,22 @@ async def test_archiving_or_deleting_a_task_wakes_whoever_waits_for_its_result(
         except aqueue.AqueueError as exc:
             outcomes[task_id] = exc
 
-    r = inspector.broker.redis
+    r = araw_client(url)  # on a cluster, counts the subscribers of every node
 
     async def subscribed() -> bool:
         ((_, n),) = await r.pubsub_numsub(done_channel("aq", "default"))
         return int(n) == 2
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(wait, archived.id)
-        tg.start_soon(wait, deleted.id)
-        await wait_for(subscribed)
-        acted = time.monotonic()
-        await inspector.archive_task("default", archived.id)
-        await inspector.delete_task("default", deleted.id)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, archived.id)
+            tg.start_soon(wait, deleted.id)
+            await wait_for(subscribed)
+            acted = time.monotonic()
+            await inspector.archive_task("default", archived.id)
+            await inspector.delete_task("default", deleted.id)
+    finally:
+        await r.aclose()
     # Woken by the notices, well before the waiters' own 5 s re-check.
     assert time.monotonic() - acted < 3
     assert isinstance(outcomes[archived.id], aqueue.TaskFailed)

@@ -271,7 +271,7 @@ async def test_two_task_metrics_on_one_registry_are_refused(registry: CollectorR
 
 
 async def test_queue_collector_reports_sizes_latency_and_server_totals(
-    aqueue_url: str, registry: CollectorRegistry
+    url: str, registry: CollectorRegistry
 ) -> None:
     mux = Mux()
 
@@ -283,8 +283,8 @@ async def test_queue_collector_reports_sizes_latency_and_server_totals(
     async def bad(ctx: Context) -> None:
         raise SkipRetry("bad")
 
-    collector = QueueCollector(aqueue_url, registry=registry)
-    async with aqueue.Client(aqueue_url) as client:
+    collector = QueueCollector(url, registry=registry)
+    async with aqueue.Client(url) as client:
         await client.enqueue_many([aqueue.Job("idle", queue="waiting") for _ in range(3)])
         await client.enqueue_many(
             [aqueue.Job("later", queue="waiting", process_in=3600) for _ in range(2)]
@@ -292,8 +292,8 @@ async def test_queue_collector_reports_sizes_latency_and_server_totals(
         await client.enqueue_many([aqueue.Job(fine), aqueue.Job(fine), aqueue.Job(bad)])
     async with collector:
         before = time.time()
-        await drain(mux, aqueue_url, queues=["work"])
-        async with aqueue.Inspector(aqueue_url) as inspector:
+        await drain(mux, url, queues=["work"])
+        async with aqueue.Inspector(url) as inspector:
             await inspector.pause("waiting")
         await collector.refresh()
         with Exporter(registry, port=0) as exporter:

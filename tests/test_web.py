@@ -151,8 +151,10 @@ def state(url: str, queue: str, task_id: str) -> str | None:
 # -- pages -----------------------------------------------------------------------------
 
 
-def test_overview_shows_each_queue_sizes_counters_and_pause(http: TestClient) -> None:
-    page = http.get("/")
+def test_overview_shows_each_queue_sizes_counters_and_pause(url: str) -> None:
+    anyio.run(populate, url)
+    with TestClient(dashboard(url)) as http:
+        page = http.get("/")
     assert page.status_code == 200
     rows = table(page.text, "queues")
     # pending, active, scheduled, retry, archived, completed, processed today, failed today
@@ -198,7 +200,7 @@ def test_task_page_shows_payload_result_error_retries_and_times(
     assert "gave up on &lt;script&gt;" in failed
 
 
-def test_workers_page_shows_each_live_worker_with_its_active_task(aqueue_url: str) -> None:
+def test_workers_page_shows_each_live_worker_with_its_active_task(url: str) -> None:
     busy = Mux()
     started, release = anyio.Event(), anyio.Event()
 
@@ -208,14 +210,14 @@ def test_workers_page_shows_each_live_worker_with_its_active_task(aqueue_url: st
         await release.wait()
 
     async def main() -> str:
-        async with aqueue.Client(aqueue_url) as client:
+        async with aqueue.Client(url) as client:
             task = await client.enqueue(slow, {"who": "ada"})
-            async with Worker(busy, aqueue_url, queues=["slow"]):
+            async with Worker(busy, url, queues=["slow"]):
                 with anyio.fail_after(10):
                     await started.wait()
 
                 def get() -> str:
-                    with TestClient(dashboard(aqueue_url)) as http:
+                    with TestClient(dashboard(url)) as http:
                         return http.get("/workers").text
 
                 page = await anyio.to_thread.run_sync(get)
@@ -229,18 +231,18 @@ def test_workers_page_shows_each_live_worker_with_its_active_task(aqueue_url: st
     assert "{&#34;who&#34;:&#34;ada&#34;}" in page
 
 
-def test_cron_page_shows_each_entry_with_next_and_last_run(aqueue_url: str) -> None:
+def test_cron_page_shows_each_entry_with_next_and_last_run(url: str) -> None:
     crons = Mux()
 
     @crons.cron("*/5 * * * *", name="digest", tz="Europe/Paris", queue="mail")
     async def digest(ctx: Context) -> None: ...
 
     async def register() -> None:
-        async with Worker(crons, aqueue_url, queues=["mail"]):
+        async with Worker(crons, url, queues=["mail"]):
             pass  # the worker registered the schedule at start
 
     anyio.run(register)
-    with TestClient(dashboard(aqueue_url)) as http:
+    with TestClient(dashboard(url)) as http:
         rows = table(http.get("/cron").text, "cron")
     spec, tz, task, queue, next_run, last_run = rows["digest"]
     assert (spec, tz, task, queue) == ("*/5 * * * *", "Europe/Paris", "digest", "mail")
