@@ -8,18 +8,19 @@ reload when the server forgot them (a restart that lost its data, a failover).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+from . import _wire
 from .errors import AqueueError, BrokerUnavailable
 
 T = TypeVar("T")
@@ -186,6 +187,9 @@ class Broker:
         self._redis: aioredis.Redis | None = None
         self._sentinel: Sentinel | None = None
         self.cluster = False
+        # Cluster master address -> a client of its own (see ``node_connection``).
+        self._node_clients: dict[str, aioredis.Redis] = {}
+        self._lean: _wire.LeanPool | None = None
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
             self.cluster = self.url.startswith("redis+cluster:")
@@ -234,6 +238,18 @@ class Broker:
                 **_pool_options(),
             )
             self._redis = aioredis.Redis.from_pool(pool)
+            # The hot path's pool (see _wire): connections made like the client's,
+            # but with no socket timeout, because every call on them runs within
+            # ``run``'s deadline, and redis-py spends a task per send and a timeout
+            # scope per read on a socket timeout.
+            template = aioredis.ConnectionPool.from_url(
+                self.url,
+                socket_connect_timeout=self.timeout,
+                socket_timeout=None,  # redis-py's default is 5 s
+                health_check_interval=0,
+                **_pool_options(),
+            )
+            self._lean = _wire.LeanPool(template, self.max_connections)
         return self._redis
 
     def _sentinel_master(self) -> aioredis.Redis:
@@ -267,7 +283,7 @@ class Broker:
         """Await ``fn()`` within the timeout, mapping connection failures."""
         limit = self.timeout if timeout is None else timeout
         try:
-            with anyio.fail_after(limit):
+            with _wire.deadline_scope(limit):
                 try:
                     return await fn()
                 except (rexc.ConnectionError, rexc.ResponseError) as exc:
@@ -279,12 +295,12 @@ class Broker:
                     # master.
                     await self._forget_connections()
                     return await fn()
-        except TimeoutError as exc:
-            if isinstance(exc, rexc.TimeoutError):
-                raise self.unavailable(exc) from exc
+            # Only the deadline's cancellation ends the block without a return.
             raise BrokerUnavailable(
                 f"the server at {redacted(self.url)} did not answer within {limit:g} s"
-            ) from None
+            )
+        except TimeoutError as exc:
+            raise self.unavailable(exc) from exc
         except rexc.ResponseError as exc:
             if _is_auth_error(exc) or _is_demoted(exc):  # UNBLOCKED twice in a row
                 raise self.unavailable(exc) from exc
@@ -305,12 +321,7 @@ class Broker:
         conn: aioredis.Redis | None = None,
     ) -> Any:
         """Run one script (no timeout mapping: wrap in ``run`` for that)."""
-        r = conn or self.redis
-        try:
-            return await r.evalsha(script.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:
-            await r.script_load(script.source)
-            return await r.evalsha(script.sha, len(keys), *keys, *args)
+        return (await self.scripts([(script, keys, args)], (), conn))[0]
 
     async def scripts(
         self,
@@ -327,30 +338,14 @@ class Broker:
         scripts (a notice must not arrive before the write it announces): extras must
         be idempotent.
         """
-        if len(calls) == 1 and not extra:
-            # One call needs no pipeline (and skips its overhead on the hot path).
-            script, keys, args = calls[0]
-            return [await self.script(script, keys, args, conn)]
         r = conn or self.redis
-        pipe = r.pipeline(transaction=False)
-        for script, keys, args in calls:
-            # Not pipe.evalsha: a cluster pipeline refuses it by name, yet routes the
-            # command by its first key (every key of a script shares one slot).
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        for cmd in extra:
-            pipe.execute_command(*cmd)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        commands = [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls]
+        replies = await self._send(r, [*commands, *extra])
         missing = [i for i, rep in enumerate(replies[: len(calls)]) if _is_noscript(rep)]
         if missing:
             for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
                 await r.script_load(script.source)
-            pipe = r.pipeline(transaction=False)
-            for i in missing:
-                script, keys, args = calls[i]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            for cmd in extra:
-                pipe.execute_command(*cmd)
-            again = await pipe.execute(raise_on_error=False)
+            again = await self._send(r, [*(commands[i] for i in missing), *extra])
             for i, rep in zip(missing, again, strict=False):
                 replies[i] = rep
             replies[len(calls) :] = again[len(missing) :]
@@ -359,10 +354,75 @@ class Broker:
                 raise rep
         return replies
 
+    async def _send(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one round trip; error replies come back as exceptions."""
+        pool: _wire.Pool | None = self._lean if r is self._redis else None
+        if pool is None:
+            pool = _wire.lean_pool(r)
+        if pool is not None and _wire.raw_ok(commands):
+            return await _wire.call(pool, commands)
+        if len(commands) == 1 and str(commands[0][0]).upper() == "EVALSHA":
+            # No pipeline for one script (its overhead shows on the hot path); a cluster
+            # client routes it by its first key.
+            try:
+                return [await r.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+            except rexc.ResponseError as exc:
+                return [exc]
+        pipe = r.pipeline(transaction=False)
+        for cmd in commands:
+            # Not pipe.evalsha: a cluster pipeline refuses it by name, yet routes the
+            # command by its first key (every key of a script shares one slot).
+            pipe.execute_command(*cmd)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def node_of(self, key: str) -> str:
+        """The address (``host:port``) of the cluster master holding ``key``'s slot."""
+        return (await self._master_of(key)).name
+
+    async def _master_of(self, key: str) -> ClusterNode:
+        rc = cast(RedisCluster, self.redis)
+        await rc.initialize()  # learns the slot map on first use; a no-op after
+        node = rc.get_node_from_key(key)
+        assert node is not None  # None stands for a missing replica; a master is never
+        return node
+
+    @asynccontextmanager
+    async def node_connection(self, key: str) -> AsyncIterator[aioredis.Redis]:
+        """A client on one connection to the cluster master holding ``key``'s slot, for
+        what is defined per connection (WAITAOF counts the writes of its own
+        connection only). A RedisCluster lends none of its connections, so each master
+        gets a pool of its own, made like the cluster's connections to it (same class,
+        credentials, TLS and timeouts). Commands for keys of another master fail with
+        MOVED: nothing is followed silently to another connection."""
+        node = await self._master_of(key)
+        client = self._node_clients.get(node.name)
+        if client is None:
+            kwargs = dict(node.connection_kwargs)
+            # Cluster-only settings of redis-py's node connections; the pool has its own.
+            kwargs.pop("oss_cluster_maint_notifications_handler", None)
+            kwargs.pop("maint_notifications_config", None)
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=node.connection_class,
+                max_connections=self.max_connections,
+                timeout=self.timeout,
+                **kwargs,
+                **_pool_options(),
+            )
+            client = self._node_clients[node.name] = aioredis.Redis.from_pool(pool)
+        async with client.client() as conn:
+            yield conn
+
     async def close(self) -> None:
+        for client in self._node_clients.values():
+            await client.aclose()
+        self._node_clients.clear()
         if self._redis is not None and self._owned:
             await self._redis.aclose()
             self._redis = None
+        if self._lean is not None:
+            await self._lean.disconnect()
+            self._lean = None
         if self._sentinel is not None:
             for client in self._sentinel.sentinels:
                 await client.aclose()

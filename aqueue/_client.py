@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import msgspec
+import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from ._broker import (
@@ -33,7 +34,7 @@ from ._codec import (
 from ._inspector import Inspector, cancel_task
 from ._keys import QueueKeys, done_channel, queue_keys, queues_key, schedule_channel
 from ._mux import Handler
-from ._options import Resolved, check_options, resolve
+from ._options import Resolved, check_options, new_task_id, resolve
 from ._task import State, TaskInfo, check_queue_name, from_ms
 from .errors import (
     AqueueError,
@@ -54,6 +55,7 @@ _REGISTER_EVERY = 60.0
 _RESULT_RECHECK = 5.0
 # Tasks per enqueue script call: bounds how long one call holds the server.
 _BATCH = 500
+_NO_OPTIONS: dict[str, Any] = {}
 
 
 class Job(Generic[P]):
@@ -107,6 +109,8 @@ class Client(Connected):
                 f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}"
             )
         self._defaults = dict(defaults or {})
+        # id(handler options) -> (those options, their resolved template): see _resolved.
+        self._templates: dict[int, tuple[Mapping[str, Any], Resolved]] = {}
         check_options(self._defaults, "Client defaults")
         if "task_id" in self._defaults:
             raise AqueueError("task_id cannot be a Client default")
@@ -193,14 +197,17 @@ class Client(Connected):
     def _prepare(
         self, task: Handler[Any, Any] | str, payload: Any, options: Mapping[str, Any], now: int
     ) -> _Prepared:
-        check_options(options, "enqueue")
         if isinstance(task, Handler):
             task_type, handler_opts = task.name, task.options
         elif isinstance(task, str) and task:
-            task_type, handler_opts = task, {}
+            task_type, handler_opts = task, _NO_OPTIONS
         else:
             raise AqueueError(f"task must be a Handler or a non-empty type name, got {task!r}")
-        opts = resolve(options, handler_opts, self._defaults, now)
+        if options:
+            check_options(options, "enqueue")
+            opts = resolve(options, handler_opts, self._defaults, now)
+        else:
+            opts = self._resolved(handler_opts, now)
         data = encode_payload(payload, self._max_payload)
         if isinstance(task, Handler):
             _check_payload(task, payload, data)
@@ -219,6 +226,27 @@ class Client(Connected):
         if digest:
             args += [digest, int(opts.unique * 1000)]
         return _Prepared(task_type, data, opts, args, now)
+
+    def _resolved(self, handler_opts: Mapping[str, Any], now: int) -> Resolved:
+        """The options of a task enqueued without options of its own: the handler's and
+        the Client's defaults, merged once per handler instead of once per task (only
+        the task id differs), unless they schedule relative to now."""
+        cached = self._templates.get(id(handler_opts))
+        if cached is None or cached[0] is not handler_opts:
+            template = resolve({}, handler_opts, self._defaults, now)
+            timed = any(
+                layer.get(name) is not None
+                for layer in (handler_opts, self._defaults)
+                for name in ("process_in", "process_at")
+            )
+            if timed:
+                return template
+            cached = self._templates[id(handler_opts)] = (handler_opts, template)
+        t = cached[1]
+        return Resolved(
+            t.queue, t.max_retry, t.timeout, t.deadline, 0, t.unique, new_task_id(),
+            t.retention, t.headers,
+        )  # fmt: skip
 
     async def _write(self, prepared: list[_Prepared], now: int, durable: bool | None) -> list[Any]:
         prefix = self._broker.prefix
@@ -267,31 +295,76 @@ class Client(Connected):
         """Write, then wait until the server's AOF has it. WAITAOF covers the writes of
         its own connection only, so both go through one dedicated connection."""
         b = self._broker
-        wait_ms = max(1, int(b.timeout * 1000) - 100)
+        if b.cluster:
+            return await self._write_durably_on_cluster(calls, extra)
         async with b.redis.client() as conn:
             replies = await b.scripts(calls, extra, conn)
+            await self._confirm_aof(conn, redacted(b.url))
+        return replies
+
+    async def _write_durably_on_cluster(self, calls: list[Call], extra: list[Any]) -> list[Any]:
+        """On a cluster each master has its own AOF. The calls for each master touched
+        (all keys of a call share one slot) go through one connection to it, then
+        WAITAOF there; the masters are written to concurrently. The other extra
+        commands are writes of the queue registry, confirmed the same way on its own
+        master; the notices (PUBLISH, never persisted) go last, after every write they
+        announce."""
+        b = self._broker
+        groups: dict[str, tuple[str, list[int], list[Any]]] = {}  # node -> key there, calls, extra
+        for i, (_, keys, _) in enumerate(calls):
+            groups.setdefault(await b.node_of(keys[0]), (keys[0], [], []))[1].append(i)
+        notices = [cmd for cmd in extra if cmd[0] == "PUBLISH"]
+        writes = [cmd for cmd in extra if cmd[0] != "PUBLISH"]
+        if writes:
+            registry = queues_key(b.prefix)
+            groups.setdefault(await b.node_of(registry), (registry, [], []))[2].extend(writes)
+        replies: list[Any] = [None] * len(calls)
+        failed: list[Exception] = []
+
+        async def write(node: str, key: str, idxs: list[int], commands: list[Any]) -> None:
             try:
-                local, _ = await conn.execute_command("WAITAOF", 1, 0, wait_ms)  # type: ignore[no-untyped-call]
-            except rexc.ResponseError as exc:
-                text = str(exc)
-                why = (
-                    "the server has appendonly off"
-                    if "appendonly" in text
-                    else "the server does not support WAITAOF (Redis or Valkey 7.2+ needed)"
-                    if "unknown command" in text.lower()
-                    else text
-                )
-                raise AqueueError(
-                    f"durable enqueue not confirmed: {why} ({redacted(b.url)}); the task "
-                    "was written but may not survive a server crash"
-                ) from exc
+                async with b.node_connection(key) as conn:
+                    out = await b.scripts([calls[i] for i in idxs], commands, conn)
+                    await self._confirm_aof(conn, f"{redacted(b.url)} (node {node})")
+            except Exception as exc:  # raised below as it is, not in an ExceptionGroup
+                failed.append(exc)
+                return
+            for i, reply in zip(idxs, out, strict=False):
+                replies[i] = reply
+
+        async with anyio.create_task_group() as tg:
+            for node, (key, idxs, commands) in groups.items():
+                tg.start_soon(write, node, key, idxs, commands)
+        if failed:
+            raise failed[0]
+        if notices:
+            await b.scripts([], notices)
+        return replies
+
+    async def _confirm_aof(self, conn: aioredis.Redis, where: str) -> None:
+        """Wait until the AOF of ``conn``'s server has that connection's writes."""
+        wait_ms = max(1, int(self._broker.timeout * 1000) - 100)
+        try:
+            local, _ = await conn.execute_command("WAITAOF", 1, 0, wait_ms)  # type: ignore[no-untyped-call]
+        except rexc.ResponseError as exc:
+            text = str(exc)
+            why = (
+                "the server has appendonly off"
+                if "appendonly" in text
+                else "the server does not support WAITAOF (Redis or Valkey 7.2+ needed)"
+                if "unknown command" in text.lower()
+                else text
+            )
+            raise AqueueError(
+                f"durable enqueue not confirmed: {why} ({where}); the task was written "
+                "but may not survive a server crash"
+            ) from exc
         if int(local) < 1:
             raise AqueueError(
-                f"durable enqueue not confirmed: the server at {redacted(b.url)} did not fsync "
-                f"its append-only file within {wait_ms} ms; the task was written but may not "
+                f"durable enqueue not confirmed: the server at {where} did not fsync its "
+                f"append-only file within {wait_ms} ms; the task was written but may not "
                 "survive a server crash"
             )
-        return replies
 
     async def result(
         self,

@@ -7,7 +7,9 @@ defaults. Everything is checked before any byte is written.
 
 from __future__ import annotations
 
-import uuid
+import base64
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +76,34 @@ def check_options(opts: Mapping[str, Any], where: str) -> None:
         raise AqueueError(f"give process_in or process_at, not both ({where})")
 
 
+_ID_BYTES = 12
+_id_buffer = bytearray()
+_id_lock = threading.Lock()
+
+
+def _forget_ids() -> None:
+    global _id_lock
+    _id_lock = threading.Lock()  # it may have been held by another thread at the fork
+    _id_buffer.clear()  # a forked child must not hand out its parent's next ids
+
+
+os.register_at_fork(after_in_child=_forget_ids)
+
+
+def new_task_id() -> str:
+    """16 URL-safe characters, 96 random bits: collisions are out of reach (about 2**48
+    ids before one is likely) and, as each id is stored three times per task (queue,
+    task hash, state hash), half the length of a hex uuid4 saves about 50 bytes of
+    server memory per task. Random bytes are read from the OS 256 ids at a time: one
+    read per id was a visible share of one enqueue."""
+    with _id_lock:  # Clients in several threads share the buffer
+        if not _id_buffer:
+            _id_buffer.extend(os.urandom(_ID_BYTES * 256))
+        chunk = bytes(_id_buffer[-_ID_BYTES:])
+        del _id_buffer[-_ID_BYTES:]
+    return base64.urlsafe_b64encode(chunk).decode()
+
+
 def resolve(
     explicit: Mapping[str, Any],
     handler: Mapping[str, Any],
@@ -119,7 +149,7 @@ def resolve(
         deadline=to_ms(aware(deadline, "deadline")) if deadline is not None else 0,
         due=due,
         unique=_seconds(pick("unique"), "unique") if pick("unique") is not None else 0.0,
-        task_id=explicit.get("task_id") or uuid.uuid4().hex,
+        task_id=explicit.get("task_id") or new_task_id(),
         retention=_seconds(pick("retention"), "retention") if pick("retention") else 0.0,
         headers=dict(headers) if headers else None,
     )
