@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from croniter import croniter
 
 from ._options import check_options
 from .errors import AqueueError, InvalidCron
+
+if TYPE_CHECKING:
+    from croniter import croniter
+
+
+def _croniter() -> type[croniter]:
+    """croniter, imported on first use: with its dependencies it weighs about a
+    megabyte, which a worker process without cron entries need not carry."""
+    from croniter import croniter
+
+    return croniter
+
 
 CATCH_UP = ("latest", "skip", "all")
 
@@ -51,6 +62,7 @@ def check_spec(spec: object, tz: object) -> ZoneInfo:
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidCron(f"unknown time zone {tz!r} for cron spec {spec!r}") from None
     fields = spec.split()
+    croniter = _croniter()
     if len(fields) not in (5, 6) or not croniter.is_valid(spec):
         raise InvalidCron(
             f"invalid cron spec {spec!r}: use 5 fields (minute hour day month weekday) "
@@ -111,7 +123,7 @@ class CronSpec:
 
     def next_after(self, ms: int) -> int:
         """The first tick strictly after ``ms``."""
-        it = croniter(self.spec, datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(self.zone))
+        it = _croniter()(self.spec, datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(self.zone))
         return int(it.get_next(datetime).timestamp() * 1000)
 
     def ticks_between(self, after_ms: int, until_ms: int, limit: int) -> list[int]:
@@ -121,7 +133,7 @@ class CronSpec:
         month) costs ``limit`` steps, not millions.
         """
         base = datetime.fromtimestamp(until_ms / 1000 + 1, tz=UTC).astimezone(self.zone)
-        it = croniter(self.spec, base)
+        it = _croniter()(self.spec, base)
         ticks: list[int] = []
         while len(ticks) < limit:
             tick = int(it.get_prev(datetime).timestamp() * 1000)

@@ -20,6 +20,7 @@ import msgspec
 from ._codec import Body, decode_payload, decode_value, encode_value
 from ._mux import Context, Mux, ProgressSink, _Entry
 from ._task import TaskInfo, from_ms
+from ._wire import deadline_scope
 from .errors import InvalidPayload, Retry, Revoke, SkipRetry
 
 log = logging.getLogger("aqueue.worker")
@@ -127,7 +128,6 @@ class Runner:
         self.is_failure = is_failure
         self.on_error = on_error
         self.limiter = limiter
-        self._scope_class: type[anyio.CancelScope] | None = None
 
     async def run(self, task: Claimed, progress: ProgressSink | None) -> Outcome:
         if task.reason is not None:  # cancelled (e.g. shutdown) before it could start
@@ -171,13 +171,7 @@ class Runner:
             except (msgspec.ValidationError, msgspec.DecodeError) as e:
                 tp = getattr(handler.payload_type, "__name__", handler.payload_type)
                 return await self._archive(ctx, InvalidPayload(f"invalid payload for {tp}: {e}"))
-        # anyio.CancelScope(...) and anyio.current_time() look up the running backend
-        # on every call, a measurable share of a no-op task's cost: the backend's own
-        # scope class is found once, and the asyncio loop's clock is time.monotonic().
-        scope_class = self._scope_class
-        if scope_class is None:
-            scope_class = self._scope_class = type(anyio.CancelScope())
-        scope = scope_class(deadline=time.monotonic() + limit)
+        scope = deadline_scope(limit)  # anyio's, without a backend lookup per task
         task.scope = scope
         try:
             with scope:

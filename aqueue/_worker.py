@@ -491,12 +491,14 @@ class Worker:
         k = self._keys[q]
         got = 0
         try:
+            # Not pipelined with the claim script, though that would save a round trip:
+            # the script would mark the task active while a frozen worker has not read
+            # the move's reply, and a reaper would then count an attempt for a task
+            # that never started. Moved but unclaimed, it goes back uncounted.
+            move = ("BLMOVE", k.pending, self._lease[q], "RIGHT", "LEFT", BLOCK_SECONDS)
             try:
-                # redis-py types the timeout as int; the server takes fractions.
-                moved = await self._broker.run(
-                    lambda: self._broker.redis.execute_command(  # type: ignore[no-untyped-call]
-                        "BLMOVE", k.pending, self._lease[q], "RIGHT", "LEFT", BLOCK_SECONDS
-                    ),
+                (moved,) = await self._broker.run(
+                    lambda: self._broker.scripts([], [move]),
                     timeout=self._broker.timeout + BLOCK_SECONDS,
                 )
             except BrokerUnavailable as exc:
