@@ -244,7 +244,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes is not None:
         from ._supervisor import supervise
 
-        return supervise(args.processes, args)
+        return supervise(args.processes, args, worker.shutdown_timeout)
     return _run_worker(worker)
 
 

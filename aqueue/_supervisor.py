@@ -193,12 +193,15 @@ class Supervisor:
                 p.wait()
 
 
-def supervise(processes: int, args: argparse.Namespace) -> int:
-    """Run ``processes`` copies of the worker described by ``args`` until signalled."""
-    timeout = args.shutdown_timeout if args.shutdown_timeout is not None else 10.0
+def supervise(processes: int, args: argparse.Namespace, shutdown_timeout: float) -> int:
+    """Run ``processes`` copies of the worker described by ``args`` until signalled.
+
+    ``shutdown_timeout`` is the children's own: the flag's value, or the ``Worker``
+    object's when the app is one and the flag is not given.
+    """
     # Each child gets its own shutdown_timeout, then needs a few round trips to write
     # its last acks and requeue what it held.
-    return Supervisor(processes, child_argv(args), grace=timeout + 30.0).run()
+    return Supervisor(processes, child_argv(args), grace=shutdown_timeout + 30.0).run()
 
 
 __all__ = ["Supervisor", "child_argv", "supervise"]
