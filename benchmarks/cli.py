@@ -21,12 +21,13 @@ import anyio
 
 from aqueue.server import EmbeddedServer
 
-from . import drain, enqueue, latency, memory
+from . import drain, enqueue, latency, memory, scale
 from .common import Bench, Result
 
 Workload = Callable[[Bench], Awaitable[Result]]
 
-# In run order. ``worker_rss`` reuses the ``drain_noop`` runs when both are chosen.
+# In run order. ``worker_rss`` reuses the ``drain_noop`` runs when both are chosen, and
+# the ``processes_*`` rows of one handler share their runs (1, 2 and 4 processes).
 WORKLOADS: dict[str, tuple[Workload, str]] = {
     "enqueue_serial": (enqueue.enqueue_serial, "enqueue, one await at a time"),
     "enqueue_gather": (enqueue.enqueue_gather, "enqueue, asyncio.gather of 1000"),
@@ -37,6 +38,11 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "latency_500": (latency.latency_500, "enqueue-to-start latency at 500 tasks/s"),
     "worker_rss": (drain.worker_rss, "worker process peak RSS after a no-op drain"),
     "server_memory": (memory.server_memory, "server memory per pending no-op task"),
+    "processes_2": (scale.processes_2, "aqueue worker --processes 2 vs 1, no-op tasks"),
+    "processes_4": (scale.processes_4, "aqueue worker --processes 4 vs 1, no-op tasks"),
+    "processes_cpu_2": (scale.processes_cpu_2, "--processes 2 vs 1, 1 ms CPU tasks"),
+    "processes_cpu_4": (scale.processes_cpu_4, "--processes 4 vs 1, 1 ms CPU tasks"),
+    "cluster": (scale.cluster_masters, "3-master vs 1-master cluster, 12 queues"),
 }
 
 
@@ -167,9 +173,30 @@ def _notes(r: Result) -> str:
         return f"p99 {_num(e['p99_ms'])} ms vs {_num(e['baseline_p99_ms'])} ms raw"
     if "raw_loop_peak_mb" in e:
         return f"raw loop peak {_num(e['raw_loop_peak_mb'])} MB"
+    if "wall_ratio" in e:
+        return f"{_load(e)}; {_num(e['wall_ratio'])}x counting start-up"
+    if "plain_jobs_s" in e:
+        spread = "/".join(f"{e[k]:g}" for k in sorted(e) if k.startswith("queues_on_master_"))
+        return (
+            f"queues per master {spread}; plain server {_num(e['plain_jobs_s'])} jobs/s; {_load(e)}"
+        )
     if "total_mb" in e:
         return f"{_num(e['total_mb'])} MB for {r.n:,} tasks"
     return ""
+
+
+def _load(e: dict[str, float]) -> str:
+    """Cores used by the workers, the server and everything else on the machine, then
+    the same for the baseline in brackets."""
+
+    def cores(prefix: str) -> str:
+        parts = [_num(e[f"{prefix}worker_cores"]), _num(e[f"{prefix}server_cores"])]
+        if f"{prefix}other_cores" in e:
+            parts.append(_num(e[f"{prefix}other_cores"]))
+        return " + ".join(parts)
+
+    names = "workers + server + other" if "other_cores" in e else "workers + server"
+    return f"{names}: {cores('')} cores (baseline {cores('baseline_')})"
 
 
 def _num(x: float) -> str:

@@ -245,7 +245,7 @@ def test_aqueue_alone_runs_end_to_end_through_the_child_driver() -> None:
     workloads = ["enqueue_batch", "drain_noop", "latency_500", "worker_rss", "server_memory"]
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "benchmarks.peers", "--no-peers", "--scale", "0.005"),
+            *(sys.executable, "-m", "benchmarks.peers", "--no-peers", "--here", "--scale", "0.005"),
             *("--json", "--only", *workloads),
         ],
         cwd=ROOT,

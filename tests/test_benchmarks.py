@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from aqueue._broker import DEFAULT_PREFIX
+from aqueue._keys import queue_keys
 from benchmarks.cli import WORKLOADS, select
 from benchmarks.common import percentile
+from benchmarks.scale import Target, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {
@@ -58,12 +62,19 @@ def test_tiny_run_prints_one_json_line_per_workload_with_positive_figures() -> N
             assert r[key] > 0, (key, r)
         assert r["ratio"] == pytest.approx(r["value"] / r["baseline"], rel=0.01)
         assert r["better"] in ("higher", "lower")
-        assert all(v > 0 for v in r["extra"].values()), r
+        # CPU shares may round to 0 in a short window; every other extra is a positive figure.
+        assert all(v > 0 or (k.endswith("_cores") and v == 0) for k, v in r["extra"].items()), r
     by_name = {r["workload"]: r for r in results}
     for name in ("latency_100", "latency_500"):
         assert by_name[name]["extra"]["p99_ms"] >= by_name[name]["value"]
     # A peak is never below the same process's earlier peak.
     assert by_name["worker_rss"]["value"] >= by_name["worker_rss"]["baseline"]
+    # The rows of one handler share their runs, so their baseline (1 process) is one figure.
+    assert by_name["processes_2"]["baseline"] == by_name["processes_4"]["baseline"]
+    assert by_name["processes_cpu_2"]["baseline"] == by_name["processes_cpu_4"]["baseline"]
+    cluster = by_name["cluster"]["extra"]
+    assert cluster["queues"] == 12
+    assert [cluster[f"queues_on_master_{m}"] for m in (1, 2, 3)] == [4, 4, 4]
 
 
 def test_a_readable_table_follows_the_json_lines_without_json_flag() -> None:
@@ -86,8 +97,27 @@ def test_an_unknown_workload_is_a_usage_error_naming_it() -> None:
 def test_only_takes_workload_names_and_prefixes_in_suite_order() -> None:
     assert select(None) == list(WORKLOADS)
     assert select(["latency", "enqueue_many"]) == ["enqueue_many", "latency_100", "latency_500"]
+    assert select(["processes"]) == [
+        "processes_2",
+        "processes_4",
+        "processes_cpu_2",
+        "processes_cpu_4",
+    ]
+    assert select(["cluster"]) == ["cluster"]
     with pytest.raises(ValueError, match="'nope'"):
         select(["nope"])
+
+
+def test_cluster_queues_are_chosen_to_put_as_many_on_each_master() -> None:
+    # Three masters of a third of the slots each: "{q0}" hashes to slot 3387 (the first),
+    # "{q2}" to 11641 (the third).
+    target = Target("redis+cluster://unused", [aioredis.Redis() for _ in range(3)])
+    assert target.node_of("aq:{q0}:stats") == 0
+    assert target.node_of("aq:{q2}:pending") == 2
+    queues = spread(target, 12)
+    on = [target.node_of(queue_keys(DEFAULT_PREFIX, q).stats) for q in queues]
+    assert sorted(on) == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(set(queues)) == 12
 
 
 def test_percentile_interpolates_between_ranks() -> None:

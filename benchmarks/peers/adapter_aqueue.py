@@ -1,4 +1,5 @@
-"""aqueue, measured through the same driver as the peers (it runs in the project's .venv).
+"""aqueue, measured through the same driver as the peers, in its own environment with its
+core dependencies only (``.bench-venvs/aqueue/``, see ``envs``).
 
 The jobs are the aqueue suite's (``benchmarks.tasks``: typed msgspec payloads), with
 their handlers reporting to the probe like every peer's do.

@@ -1,5 +1,10 @@
 """The peers' virtual environments: ``.bench-venvs/<peer>/``, one per peer, never .venv.
 
+aqueue gets one too, ``.bench-venvs/aqueue/``, with the project installed (editable)
+and its core dependencies only: the project's .venv also holds the dev tools and the
+optional extras (OpenTelemetry, which redis-py imports when present, Prometheus, the
+dashboard), which would make aqueue's worker heavier than a user's.
+
 Each is created on first use with the runner's Python and the peer installed from
 PyPI at its latest release (the report records the versions). A stamp file holds the
 requirements it was installed with, so later runs start without touching the network;
@@ -30,6 +35,14 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "taskiq": ("taskiq", "taskiq-redis", "hiredis"),
 }
 PEERS = tuple(REQUIREMENTS)
+# aqueue itself, from this checkout (editable: the code measured is the code here).
+OWN: dict[str, tuple[str, ...]] = {"aqueue": ("-e", str(ROOT))}
+
+
+def requirements(name: str) -> tuple[str, ...]:
+    return OWN.get(name) or REQUIREMENTS[name]
+
+
 STAMP = "bench-requirements.txt"
 
 
@@ -45,13 +58,13 @@ def python(peer: str) -> Path:
 def ensure(peer: str, *, upgrade: bool = False) -> Path:
     """Create and install ``peer``'s environment unless it is there; its interpreter."""
     env, py = VENVS / peer, python(peer)
-    wanted = "\n".join(REQUIREMENTS[peer]) + "\n"
+    wanted = "\n".join(requirements(peer)) + "\n"
     stamp = env / STAMP
     if not py.exists():
         print(f"creating {env.relative_to(ROOT)}/ ...", file=sys.stderr, flush=True)
         _run([sys.executable, "-m", "venv", str(env)], peer)
     if upgrade or not stamp.exists() or stamp.read_text() != wanted:
-        print(f"installing {' '.join(REQUIREMENTS[peer])} ...", file=sys.stderr, flush=True)
+        print(f"installing {' '.join(requirements(peer))} ...", file=sys.stderr, flush=True)
         _run(pip_command(peer, py, upgrade=upgrade), peer)
         stamp.write_text(wanted)
     return py
@@ -59,7 +72,7 @@ def ensure(peer: str, *, upgrade: bool = False) -> Path:
 
 def pip_command(peer: str, py: Path, *, upgrade: bool = False) -> list[str]:
     flags = ["--quiet", "--disable-pip-version-check"] + (["--upgrade"] if upgrade else [])
-    return [str(py), "-m", "pip", "install", *flags, *REQUIREMENTS[peer]]
+    return [str(py), "-m", "pip", "install", *flags, *requirements(peer)]
 
 
 def _run(command: list[str], peer: str) -> None:

@@ -251,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-peers", action="store_true", help="aqueue alone (a smoke run)")
     parser.add_argument(
+        "--here",
+        action="store_true",
+        help="run aqueue with this interpreter, not in .bench-venvs/aqueue/ (core "
+        "dependencies only, the default): for smoke runs, not for figures",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each workload per system; the median"
     )
     parser.add_argument("--json", action="store_true", help="JSON lines only, no table")
@@ -272,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers = [] if args.no_peers else select_peers(args.peers)
     except ValueError as exc:
         parser.error(str(exc))
-    systems, broken = prepare(peers, upgrade=args.upgrade)
+    systems, broken = prepare(peers, upgrade=args.upgrade, here=args.here)
     started = time.perf_counter()
     with EmbeddedServer() as server:
         run = Run(Bench(server.url, scale=args.scale, repeat=args.repeat))
@@ -306,11 +312,13 @@ def select_peers(chosen: Sequence[str] | None) -> list[str]:
     return [p for p in envs.PEERS if p in chosen]
 
 
-def prepare(peers: Sequence[str], *, upgrade: bool) -> tuple[list[System], list[str]]:
+def prepare(
+    peers: Sequence[str], *, upgrade: bool, here: bool = False
+) -> tuple[list[System], list[str]]:
     """aqueue and each peer whose environment is ready, and the peers that are not."""
-    pythons = {AQUEUE: Path(sys.executable)}
+    pythons: dict[str, Path] = {AQUEUE: Path(sys.executable)} if here else {}
     broken: list[str] = []
-    for peer in peers:
+    for peer in [*([] if here else [AQUEUE]), *peers]:
         try:
             pythons[peer] = envs.ensure(peer, upgrade=upgrade)
         except envs.EnvError as exc:
