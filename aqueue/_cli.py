@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--log-level", default="INFO", type=_log_level, help="logging level (default INFO)"
         )
+        p.add_argument(
+            "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+            help="event loop: uvloop when installed (aqueue[fast]) by default",
+        )  # fmt: skip
 
     w = sub.add_parser(
         "worker", help="run a worker", description="Run a worker until SIGTERM/SIGINT."
@@ -232,8 +236,27 @@ def make_worker(app: Mux | Worker, args: argparse.Namespace, url: str | None) ->
         raise UsageError(str(exc)) from None
 
 
-def _run_worker(worker: Worker) -> int:
-    anyio.run(worker.run)
+def _use_uvloop(choice: str) -> bool:
+    """uvloop for ``auto`` when it can be imported; ``uvloop`` insists on it."""
+    if choice == "asyncio":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError(
+                "--loop uvloop: uvloop is not installed (pip install 'aqueue[fast]')"
+            ) from None
+        return False
+    return True
+
+
+def _run_worker(worker: Worker, loop: str = "auto") -> int:
+    uvloop = _use_uvloop(loop)
+    logging.getLogger("aqueue.worker").info(
+        "event loop: %s", "uvloop" if uvloop else "asyncio (default)"
+    )
+    anyio.run(worker.run, backend_options={"use_uvloop": uvloop})
     return 0
 
 
@@ -244,8 +267,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes is not None:
         from ._supervisor import supervise
 
+        _use_uvloop(args.loop)  # a usage error surfaces here, not in N children
         return supervise(args.processes, args, worker.shutdown_timeout)
-    return _run_worker(worker)
+    return _run_worker(worker, args.loop)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -255,7 +279,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     with EmbeddedServer(args.port) as server:
         os.environ["AQUEUE_URL"] = server.url
         print(f"aqueue dev: embedded Valkey at {server.url} (AQUEUE_URL is set)", flush=True)
-        return _run_worker(make_worker(app, args, server.url))
+        return _run_worker(make_worker(app, args, server.url), args.loop)
 
 
 def _version() -> str:

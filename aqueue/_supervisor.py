@@ -53,7 +53,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--no-scheduler")
     if args.shutdown_timeout is not None:
         argv += ["--shutdown-timeout", repr(args.shutdown_timeout)]
-    argv += ["--log-level", args.log_level]
+    argv += ["--log-level", args.log_level, "--loop", args.loop]
     return argv
 
 

@@ -3,7 +3,7 @@
 A worker in its own process is what production runs, keeps the producer's event loop
 out of the measurement, and gives an honest peak RSS. Usage (by the benchmark only)::
 
-    python -m benchmarks.child drain URL N {aqueue,raw} CONCURRENCY
+    python -m benchmarks.child drain URL N {aqueue,raw} CONCURRENCY [--uvloop]
     python -m benchmarks.child latency URL N {aqueue,raw} TIMEOUT
 
 ``drain`` serves until N tasks are acked and prints one JSON line: ``seconds`` (from
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("n", type=int)
     p.add_argument("kind", choices=["aqueue", "raw"])
     p.add_argument("concurrency", type=int)
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (aqueue[fast])")
     p = sub.add_parser("latency")
     p.add_argument("url")
     p.add_argument("n", type=int)
@@ -168,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(_quiet_storage_warning)
     out: dict[str, Any]
     if args.mode == "drain":
-        out = anyio.run(drain, args.url, args.n, args.kind, args.concurrency)
+        options = {"use_uvloop": args.uvloop}
+        out = anyio.run(
+            drain, args.url, args.n, args.kind, args.concurrency, backend_options=options
+        )
     else:
         fn = latency_raw if args.kind == "raw" else latency_aqueue
         out = {"latencies_ms": anyio.run(fn, args.url, args.n, args.timeout)}

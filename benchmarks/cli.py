@@ -34,6 +34,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "enqueue_many": (enqueue.enqueue_many, "enqueue_many, batches of 1000"),
     "drain_noop": (drain.drain_noop, "one worker (concurrency 100) drains no-op tasks"),
     "drain_sleep": (drain.drain_sleep, "one worker (concurrency 100) drains 10 ms tasks"),
+    "drain_uvloop": (drain.drain_uvloop, "the no-op drain on uvloop vs asyncio"),
     "latency_100": (latency.latency_100, "enqueue-to-start latency at 100 tasks/s"),
     "latency_500": (latency.latency_500, "enqueue-to-start latency at 500 tasks/s"),
     "worker_rss": (drain.worker_rss, "worker process peak RSS after a no-op drain"),

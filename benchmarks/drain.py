@@ -39,10 +39,12 @@ async def _enqueue_raw(b: Bench, n: int) -> None:
             await pipe.execute()
 
 
-async def _child_drain(b: Bench, n: int, kind: str) -> dict[str, float]:
+async def _child_drain(b: Bench, n: int, kind: str, uvloop: bool = False) -> dict[str, float]:
     """Run a worker process until it has acked ``n`` tasks; its report (see ``child``).
     A worker that gets stuck is killed after a generous limit."""
     command = child_command("drain", b.url, str(n), kind, str(CONCURRENCY))
+    if uvloop:
+        command.append("--uvloop")
     with anyio.fail_after(60 + n / 200):
         done = await anyio.run_process(command, cwd=ROOT, stderr=None)
     report: dict[str, float] = json.loads(done.stdout.decode().splitlines()[-1])
@@ -121,4 +123,19 @@ async def worker_rss(b: Bench) -> Result:
         "the same process before serving",
         "lower",
         extra={"raw_loop_peak_mb": raw_peak},
+    )
+
+
+async def drain_uvloop(b: Bench) -> Result:
+    """The no-op drain on uvloop (``aqueue[fast]``, which ``aqueue worker`` uses when it
+    is installed) against the default asyncio loop, interleaved in the same run."""
+    n = b.n(20_000)
+
+    async def run(uvloop: bool) -> float:
+        await _enqueue(b, n, noop)
+        return n / (await _child_drain(b, n, "aqueue", uvloop=uvloop))["seconds"]
+
+    rate, base = await b.alternate(lambda: run(True), lambda: run(False))
+    return Result(
+        "drain_uvloop", n, "jobs/s", rate, base, "the same drain on the asyncio loop", "higher"
     )

@@ -249,6 +249,22 @@ async def test_sigint_stops_the_worker_with_exit_code_0(aqueue_url: str, tmp_pat
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_worker_runs_on_the_event_loop_asked_for(
+    aqueue_url: str, tmp_path: Path, loop: str
+) -> None:
+    """uvloop (aqueue[fast], installed here) by default; the default loop on request."""
+    args = ["--loop", loop] if loop == "asyncio" else []
+    async with cli(tmp_path, "worker", f"{APP}:mux", "--url", aqueue_url, *args) as run:
+        async with aqueue.Client(aqueue_url) as client:
+            await client.enqueue(note, Note(aqueue_url, "done", "v"))
+        await _wait_values(run, aqueue_url, "done", {"v"})
+        run.send(signal.SIGTERM)
+        assert await run.exit_code() == 0
+    assert f"event loop: {loop}" in run.stderr()
+
+
+@pytest.mark.anyio
 async def test_worker_reads_the_url_from_aqueue_url(aqueue_url: str, tmp_path: Path) -> None:
     async with cli(tmp_path, "worker", f"{APP}:mux", AQUEUE_URL=aqueue_url) as run:
         async with aqueue.Client(aqueue_url) as client:
@@ -367,6 +383,7 @@ def test_installed_entry_point_runs() -> None:
             ["worker", f"{APP}:mux", "--shutdown-timeout", "-1"], "-1", id="shutdown-negative"
         ),
         pytest.param(["worker", f"{APP}:mux", "--no-such-flag"], "--no-such-flag", id="flag"),
+        pytest.param(["worker", f"{APP}:mux", "--loop", "trio"], "'trio'", id="loop"),
         pytest.param(["dev", "nocolon"], "'nocolon'", id="dev-no-colon"),
         pytest.param(["frobnicate"], "'frobnicate'", id="command"),
     ],
