@@ -7,6 +7,7 @@ reload when the server forgot them (a restart that lost its data, a failover).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -190,6 +191,7 @@ class Broker:
         # Cluster master address -> a client of its own (see ``node_connection``).
         self._node_clients: dict[str, aioredis.Redis] = {}
         self._lean: _wire.LeanPool | None = None
+        self._watchdog = _wire.Watchdog()
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
             self.cluster = self.url.startswith("redis+cluster:")
@@ -282,23 +284,26 @@ class Broker:
     async def run(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Await ``fn()`` within the timeout, mapping connection failures."""
         limit = self.timeout if timeout is None else timeout
+        watch = self._watchdog.start(limit)
         try:
-            with _wire.deadline_scope(limit):
-                try:
-                    return await fn()
-                except (rexc.ConnectionError, rexc.ResponseError) as exc:
-                    if not _is_demoted(exc):
-                        raise
-                    # The server is a replica now (a failover demoted it): it refused
-                    # the command, so nothing ran. Drop the idle connections to it and
-                    # try once more: a Sentinel-managed client reconnects to the new
-                    # master.
-                    await self._forget_connections()
-                    return await fn()
-            # Only the deadline's cancellation ends the block without a return.
-            raise BrokerUnavailable(
-                f"the server at {redacted(self.url)} did not answer within {limit:g} s"
-            )
+            try:
+                return await fn()
+            except (rexc.ConnectionError, rexc.ResponseError) as exc:
+                if not _is_demoted(exc):
+                    raise
+                # The server is a replica now (a failover demoted it): it refused the
+                # command, so nothing ran. Drop the idle connections to it and try once
+                # more: a Sentinel-managed client reconnects to the new master.
+                await self._forget_connections()
+                return await fn()
+        except asyncio.CancelledError:
+            # The watchdog's cancellation is this call's own: it ends here. Any other
+            # (a cancel scope, a shutdown) is still pending after uncancel(), and goes on.
+            if watch.expired and watch.task.uncancel() == 0:
+                raise BrokerUnavailable(
+                    f"the server at {redacted(self.url)} did not answer within {limit:g} s"
+                ) from None
+            raise
         except TimeoutError as exc:
             raise self.unavailable(exc) from exc
         except rexc.ResponseError as exc:
@@ -307,6 +312,8 @@ class Broker:
             raise
         except _UNAVAILABLE as exc:
             raise self.unavailable(exc) from exc
+        finally:
+            self._watchdog.stop(watch)
 
     async def _forget_connections(self) -> None:
         pool = getattr(self._redis, "connection_pool", None)  # a RedisCluster has none

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -249,6 +250,8 @@ class Client(Connected):
         )  # fmt: skip
 
     async def _write(self, prepared: list[_Prepared], now: int, durable: bool | None) -> list[Any]:
+        if len(prepared) == 1 and not (self.durable if durable is None else durable):
+            return [await self._write_one(prepared[0], now)]
         prefix = self._broker.prefix
         by_queue: dict[str, list[int]] = {}
         for i, p in enumerate(prepared):
@@ -290,6 +293,22 @@ class Client(Connected):
             for i, rep in zip(chunk, reply, strict=True):
                 out[i] = _info_or_error(prepared[i], rep)
         return out
+
+    async def _write_one(self, p: _Prepared, now: int) -> TaskInfo | AqueueError:
+        """One task, not durable: the most common call. The same script and notices as
+        ``_write`` sends for a batch, with less bookkeeping on the way."""
+        prefix, queue, due = self._broker.prefix, p.opts.queue, p.opts.due
+        unique = len(p.args) == 5
+        keys = enqueue_keys(queue_keys(prefix, queue), unique=unique)
+        call: Call = (SCRIPTS.enqueue, keys, [now, 5 if unique else 3, *p.args])
+        new = self._known_queues.get(queue, -math.inf) <= time.monotonic() - _REGISTER_EVERY
+        extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), queue)] if new else []
+        if due:
+            extra.append(("PUBLISH", schedule_channel(prefix), f"{queue}|{due}"))
+        replies = await self._broker.run(lambda: self._broker.scripts([call], extra))
+        if new:
+            self._known_queues[queue] = time.monotonic()
+        return _info_or_error(p, replies[0][0])
 
     async def _write_durably(self, calls: list[Call], extra: list[Any]) -> list[Any]:
         """Write, then wait until the server's AOF has it. WAITAOF covers the writes of

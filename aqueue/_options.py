@@ -8,6 +8,7 @@ defaults. Everything is checked before any byte is written.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -130,7 +131,9 @@ def resolve(
     )
     due = 0
     if timing.get("process_at") is not None:
-        due = to_ms(aware(timing["process_at"], "process_at"))
+        # Rounded up to the next millisecond: the task must never start before its
+        # time, and the forwarder compares whole milliseconds.
+        due = math.ceil(aware(timing["process_at"], "process_at").timestamp() * 1000)
     elif timing.get("process_in") is not None:
         due = now + int(_seconds(timing["process_in"], "process_in") * 1000)
     if due <= now:

@@ -117,12 +117,88 @@ class LeanPool:
             await conn.disconnect()
 
 
+class Watch:
+    """One call under a ``Watchdog``: its deadline, its task, and whether it expired."""
+
+    __slots__ = ("deadline", "expired", "task")
+
+    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.deadline = deadline
+        self.task = task
+        self.expired = False
+
+
+class Watchdog:
+    """Deadlines for a Broker's calls without a timer per call.
+
+    A cancel scope or ``asyncio.timeout`` per call schedules and cancels a timer each
+    time, about as costly as all of aqueue's own work in an enqueue. Here a call only
+    registers its deadline; one periodic check, running only while calls are in flight,
+    cancels a call that is past it (at most ``tick`` late), and the call turns that
+    cancellation into ``BrokerUnavailable`` (see ``Broker.run``).
+    """
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self._tick = tick
+        self._watched: dict[int, Watch] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, seconds: float) -> Watch:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        watch = Watch(loop.time() + seconds, task)
+        self._watched[id(watch)] = watch
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self._tick, self._check)
+        return watch
+
+    def stop(self, watch: Watch) -> None:
+        self._watched.pop(id(watch), None)
+
+    def _check(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for key, watch in list(self._watched.items()):
+            if watch.task.done():  # a call from a loop that is gone
+                del self._watched[key]
+            elif watch.deadline <= now:
+                del self._watched[key]
+                watch.expired = True
+                watch.task.cancel()
+        self._timer = loop.call_later(self._tick, self._check) if self._watched else None
+
+
 def lean_pool(client: aioredis.Redis) -> Pool | None:
     """The pool to use directly, or None when ``client`` must go through redis-py."""
     if not isinstance(client, aioredis.Redis) or client.single_connection_client:
         return None
     pool: Pool = client.connection_pool
     return pool
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """RESP for ``commands`` in one buffer, as redis-py's encoder would write it (UTF-8
+    strings, ``repr`` of numbers), with less Python per argument: a task's enqueue or a
+    batch of acks carries many small arguments. Only for pools made here (``LeanPool``),
+    whose connections use that default encoding."""
+    out: list[bytes] = []
+    for cmd in commands:
+        out.append(b"*%d\r\n" % len(cmd))
+        for arg in cmd:
+            if isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send {type(arg).__name__} {arg!r:.40} to the server")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def raw_ok(commands: Sequence[Sequence[Any]]) -> bool:
@@ -139,7 +215,8 @@ async def call(pool: Pool, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(conn.pack_commands(commands), False)
+        packed = pack(commands) if isinstance(pool, LeanPool) else conn.pack_commands(commands)
+        await conn.send_packed_command(packed, False)
         replies: list[Any] = []
         for _ in commands:
             try:
