@@ -205,7 +205,8 @@ def test_repeats_combine_into_medians_figure_by_figure() -> None:
         for v, p99 in ((3.0, 9.0), (1.0, 30.0), (2.0, 10.0))
     ]
     f = combine(runs)
-    assert (f.value, f.extra, f.n) == (2.0, {"p99_ms": 10.0}, 300)
+    assert (f.value, f.extra, f.n) == (2.0, {"p99_ms": 10.0, "min": 1.0, "max": 3.0}, 300)
+    assert combine(runs[:1]).extra == {"p99_ms": 9.0}  # one run: no range
 
 
 @pytest.mark.anyio

@@ -37,16 +37,20 @@ class Figure:
 
 
 def combine(runs: Sequence[Figure]) -> Figure:
-    """The median of repeated runs of one system on one workload, key by key."""
+    """The median of repeated runs of one system on one workload, key by key; with more
+    than one run, the range of the main value too (``extra`` ``min`` and ``max``)."""
     first = runs[0]
     values = [r.value for r in runs if r.value is not None]
     keys = {k for r in runs for k in r.extra}
+    extra = {k: statistics.median(r.extra[k] for r in runs if k in r.extra) for k in sorted(keys)}
+    if len(values) > 1:
+        extra |= {"min": min(values), "max": max(values)}
     return Figure(
         first.system,
         first.workload,
         first.n,
         statistics.median(values) if values else None,
-        {k: statistics.median(r.extra[k] for r in runs if k in r.extra) for k in sorted(keys)},
+        extra,
         first.note,
         first.error,
     )
