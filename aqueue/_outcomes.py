@@ -53,15 +53,19 @@ class Running(Claiming):
                 slot.set_result(None)
 
     async def _handle(self, c: Claimed) -> None:
-        k = self._keys[c.queue]
+        key, queue, task_id = self._keys[c.queue].progress, c.queue, c.id
 
+        # The sink captures the task's names, not the task itself: the task holds the
+        # Context that holds the sink, and a cycle would keep every finished task in
+        # memory until the garbage collector's next full pass (megabytes under load).
         async def progress(value: Any) -> None:
             data = encode_value(value)
-            channel = done_channel(self._broker.prefix, c.queue)
-            commands = [("HSET", k.progress, c.id, data), ("PUBLISH", channel, f"progress|{c.id}")]
+            channel = done_channel(self._broker.prefix, queue)
+            commands = [("HSET", key, task_id, data), ("PUBLISH", channel, f"progress|{task_id}")]
             await self._broker.run(lambda: self._broker.scripts([], commands))
 
         outcome = await self._runner.run(c, progress)
+        c.ctx = c.scope = None  # the attempt is over: nothing can cancel it now
         await self._record(c, outcome)
 
     async def _record(self, c: Claimed, outcome: Outcome) -> None:
