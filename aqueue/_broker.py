@@ -344,8 +344,24 @@ class Broker:
         commands then run again after the retried calls, so that they still follow the
         scripts (a notice must not arrive before the write it announces): extras must
         be idempotent.
+
+        On a cluster a pipeline runs node by node, in no set order between nodes, so
+        there the notices (PUBLISH) go in a second round trip, once the writes they
+        announce are done: a worker woken before a delayed task is written would sleep
+        past its due time.
         """
         r = conn or self.redis
+        if self.cluster and calls and any(_is_notice(cmd) for cmd in extra):
+            writes = [cmd for cmd in extra if not _is_notice(cmd)]
+            notices = [cmd for cmd in extra if _is_notice(cmd)]
+            first = await self.scripts(calls, writes, conn)
+            sent = await self._send(r, notices)
+            for rep in sent:
+                if isinstance(rep, BaseException):
+                    raise rep
+            done = iter(first[len(calls) :])
+            told = iter(sent)
+            return [*first[: len(calls)], *(next(told if _is_notice(c) else done) for c in extra)]
         commands = [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls]
         replies = await self._send(r, [*commands, *extra])
         missing = [i for i, rep in enumerate(replies[: len(calls)]) if _is_noscript(rep)]
@@ -471,6 +487,10 @@ class Connected:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _is_notice(command: Sequence[Any]) -> bool:
+    return str(command[0]).upper() == "PUBLISH"
 
 
 def _is_noscript(reply: object) -> bool:
