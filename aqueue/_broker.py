@@ -351,7 +351,8 @@ class Broker:
         past its due time.
         """
         r = conn or self.redis
-        if self.cluster and calls and any(_is_notice(cmd) for cmd in extra):
+        notices_only = not calls and all(_is_notice(cmd) for cmd in extra)
+        if self.cluster and not notices_only and any(_is_notice(cmd) for cmd in extra):
             writes = [cmd for cmd in extra if not _is_notice(cmd)]
             notices = [cmd for cmd in extra if _is_notice(cmd)]
             first = await self.scripts(calls, writes, conn)
