@@ -16,6 +16,7 @@ through redis-py's own path.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -133,43 +134,52 @@ class Watchdog:
 
     A cancel scope or ``asyncio.timeout`` per call schedules and cancels a timer each
     time, about as costly as all of aqueue's own work in an enqueue. Here a call only
-    registers its deadline; one periodic check, running only while calls are in flight,
-    cancels a call that is past it (at most ``tick`` late), and the call turns that
-    cancellation into ``BrokerUnavailable`` (see ``Broker.run``).
+    registers its deadline. One timer, set for the earliest deadline in flight, cancels
+    the calls past theirs, and each such call turns that cancellation into
+    ``BrokerUnavailable`` (see ``Broker.run``). As calls of one broker share a timeout,
+    a new call's deadline is almost never the earliest: the timer is rarely moved, and
+    it fires about once per timeout while calls are in flight, not at all when idle.
     """
 
-    def __init__(self, tick: float = 0.05) -> None:
-        self._tick = tick
-        self._watched: dict[int, Watch] = {}
+    def __init__(self) -> None:
+        self._watched: set[Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf
 
     def start(self, seconds: float) -> Watch:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         assert task is not None
         watch = Watch(loop.time() + seconds, task)
-        self._watched[id(watch)] = watch
-        if self._timer is None or self._loop is not loop:
-            self._loop = loop
-            self._timer = loop.call_later(self._tick, self._check)
+        self._watched.add(watch)
+        if watch.deadline < self._due or self._loop is not loop:
+            self._arm(loop, watch.deadline)
         return watch
 
     def stop(self, watch: Watch) -> None:
-        self._watched.pop(id(watch), None)
+        self._watched.discard(watch)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop, self._due = loop, due
+        self._timer = loop.call_at(due, self._check)
 
     def _check(self) -> None:
         loop = self._loop
         assert loop is not None
+        self._timer, self._due = None, math.inf
         now = loop.time()
-        for key, watch in list(self._watched.items()):
+        for watch in list(self._watched):
             if watch.task.done():  # a call from a loop that is gone
-                del self._watched[key]
+                self._watched.discard(watch)
             elif watch.deadline <= now:
-                del self._watched[key]
+                self._watched.discard(watch)
                 watch.expired = True
                 watch.task.cancel()
-        self._timer = loop.call_later(self._tick, self._check) if self._watched else None
+        if self._watched:
+            self._arm(loop, min(w.deadline for w in self._watched))
 
 
 def lean_pool(client: aioredis.Redis) -> Pool | None:
