@@ -21,7 +21,7 @@ import anyio
 
 from aqueue.server import EmbeddedServer
 
-from . import drain, enqueue, latency, memory, scale
+from . import drain, enqueue, latency, memory, recovery, scale
 from .common import Bench, Result
 
 Workload = Callable[[Bench], Awaitable[Result]]
@@ -38,6 +38,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "latency_100": (latency.latency_100, "enqueue-to-start latency at 100 tasks/s"),
     "latency_500": (latency.latency_500, "enqueue-to-start latency at 500 tasks/s"),
     "worker_rss": (drain.worker_rss, "worker process peak RSS after a no-op drain"),
+    "crash_recovery": (recovery.crash_recovery, "SIGKILL a busy worker: seconds until reaped"),
     "server_memory": (memory.server_memory, "server memory per pending no-op task"),
     "processes_2": (scale.processes_2, "aqueue worker --processes 2 vs 1, no-op tasks"),
     "processes_4": (scale.processes_4, "aqueue worker --processes 4 vs 1, no-op tasks"),
