@@ -44,14 +44,29 @@ _UNAVAILABLE = (
 )
 
 
+_INCLUDE = "-- include: "
+
+
 class Script:
-    """A Lua script from ``_scripts/``, sent by SHA."""
+    """A Lua script from ``_scripts/``, sent by SHA.
+
+    A line ``-- include: NAME`` is replaced by ``_scripts/lib/NAME.lua``: a script runs
+    alone on the server, so the Lua that several scripts share is pasted into each one
+    here, from one file.
+    """
 
     __slots__ = ("name", "sha", "source")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = (resources.files(__package__) / "_scripts" / f"{name}.lua").read_text()
+        folder = resources.files(__package__) / "_scripts"
+        lines = (folder / f"{name}.lua").read_text().splitlines(keepends=True)
+        self.source = "".join(
+            (folder / "lib" / f"{line.removeprefix(_INCLUDE).strip()}.lua").read_text()
+            if line.startswith(_INCLUDE)
+            else line
+            for line in lines
+        )
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 

@@ -24,19 +24,7 @@
 -- Returns the ids whose token no longer matched (a stale worker's late ack): those
 -- tasks were recovered by a reaper or cancelled, and this ack must change nothing.
 local now = tonumber(ARGV[1])
--- Batched: one HMGET reads every state and one HDEL per hash forgets every plain task,
--- instead of a dozen calls per task; a call from Lua costs more than the work it does.
-local CHUNK = 500 -- unpack() takes a bounded number of values
-local function call_chunked(cmd, key, values)
-  local replies = {}
-  for lo = 1, #values, CHUNK do
-    local part = redis.call(cmd, key, unpack(values, lo, math.min(lo + CHUNK - 1, #values)))
-    if type(part) == 'table' then
-      for _, v in ipairs(part) do replies[#replies + 1] = v end
-    end
-  end
-  return replies
-end
+-- include: chunked
 
 local ids, tokens, extra = {}, {}, {}
 local plain_end = 3 + 2 * tonumber(ARGV[3])

@@ -21,6 +21,7 @@
 -- all: returns {moved, taken, moved ids...}: ids taken off the source count in "taken";
 --      pending tasks are taken from the head of the queue. An id whose state says
 --      otherwise is a stale entry: it is dropped, not moved.
+-- include: take
 local now = tonumber(ARGV[3])
 local sets = {scheduled = KEYS[3], retry = KEYS[4]}
 
@@ -35,36 +36,4 @@ local function archive(id)
   end
 end
 
-if ARGV[1] == 'one' then
-  local id = ARGV[2]
-  local state = redis.call('HGET', KEYS[1], id)
-  if not state then return false end
-  if state == 'pending' then
-    -- O(length of the queue), like cancel.lua: fine for one task.
-    redis.call('LREM', KEYS[2], 0, id)
-  elseif sets[state] then
-    redis.call('ZREM', sets[state], id)
-  else
-    return state
-  end
-  archive(id)
-  return state
-end
-
-local state, limit = ARGV[2], tonumber(ARGV[4])
-local ids = {}
-if state == 'pending' then
-  ids = redis.call('RPOP', KEYS[2], limit) or {}
-else
-  local popped = redis.call('ZPOPMIN', sets[state], limit)
-  for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-end
-local out = {0, #ids}
-for _, id in ipairs(ids) do
-  if redis.call('HGET', KEYS[1], id) == state then
-    archive(id)
-    out[1] = out[1] + 1
-    out[#out + 1] = id
-  end
-end
-return out
+return take(KEYS[1], KEYS[2], sets, ARGV[1], ARGV[2], tonumber(ARGV[4]), archive)

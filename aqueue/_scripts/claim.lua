@@ -34,19 +34,7 @@ if lease_exp <= now or redis.call('EXISTS', KEYS[5]) == 1 then
   if lease_exp <= now then return -2 end
   return -1
 end
--- Batched: one LRANGE/LTRIM/LPUSH moves the batch and one HMGET per hash reads it,
--- instead of five calls per task; a call from Lua costs more than the work it does.
-local CHUNK = 500 -- unpack() takes a bounded number of values
-local function call_chunked(cmd, key, values, from)
-  local replies = {}
-  for lo = from or 1, #values, CHUNK do
-    local part = redis.call(cmd, key, unpack(values, lo, math.min(lo + CHUNK - 1, #values)))
-    if type(part) == 'table' then
-      for _, v in ipairs(part) do replies[#replies + 1] = v end
-    end
-  end
-  return replies
-end
+-- include: chunked
 local ids = {}
 if moved ~= '' then ids[1] = moved end
 local n = tonumber(ARGV[1])
