@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -270,19 +269,11 @@ class Client(Connected):
                         args += ["", 0]
                 calls.append((SCRIPTS.enqueue, enqueue_keys(k, unique=unique), args))
                 order.append(chunk)
-        # Queue names are registered on first use and again every so often, so a
-        # queue deleted and used again by a long-lived client is listed again.
-        stale = time.monotonic() - _REGISTER_EVERY
-        new = [q for q in by_queue if self._known_queues.get(q, stale) <= stale]
-        extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), *new)] if new else []
-        # Tell the workers about the earliest delayed task of each queue, in the same
-        # round trip, so a forwarder asleep until later wakes in time for it.
         earliest: dict[str, int] = {}
         for p in prepared:
             if p.opts.due and p.opts.due < earliest.get(p.opts.queue, p.opts.due + 1):
                 earliest[p.opts.queue] = p.opts.due
-        for queue, due in earliest.items():
-            extra.append(("PUBLISH", schedule_channel(prefix), f"{queue}|{due}"))
+        extra, new = self._extra(by_queue, earliest)
         if self.durable if durable is None else durable:
             replies = await self._broker.run(lambda: self._write_durably(calls, extra))
         else:
@@ -297,18 +288,32 @@ class Client(Connected):
     async def _write_one(self, p: _Prepared, now: int) -> TaskInfo | AqueueError:
         """One task, not durable: the most common call. The same script and notices as
         ``_write`` sends for a batch, with less bookkeeping on the way."""
-        prefix, queue, due = self._broker.prefix, p.opts.queue, p.opts.due
+        queue, due = p.opts.queue, p.opts.due
         unique = len(p.args) == 5
-        keys = enqueue_keys(queue_keys(prefix, queue), unique=unique)
+        keys = enqueue_keys(queue_keys(self._broker.prefix, queue), unique=unique)
         call: Call = (SCRIPTS.enqueue, keys, [now, 5 if unique else 3, *p.args])
-        new = self._known_queues.get(queue, -math.inf) <= time.monotonic() - _REGISTER_EVERY
-        extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), queue)] if new else []
-        if due:
-            extra.append(("PUBLISH", schedule_channel(prefix), f"{queue}|{due}"))
+        extra, new = self._extra((queue,), {queue: due} if due else {})
         replies = await self._broker.run(lambda: self._broker.scripts([call], extra))
-        if new:
-            self._known_queues[queue] = time.monotonic()
+        self._known_queues.update(dict.fromkeys(new, time.monotonic()))
         return _info_or_error(p, replies[0][0])
+
+    def _extra(
+        self, queues: Iterable[str], earliest: Mapping[str, int]
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The commands that go with an enqueue, and the queues they register.
+
+        Queue names are registered on first use and again every so often, so a queue
+        deleted and used again by a long-lived client is listed again. The workers hear
+        of the earliest delayed task of each queue in the same round trip, so a
+        forwarder asleep until later wakes in time for it.
+        """
+        prefix = self._broker.prefix
+        stale = time.monotonic() - _REGISTER_EVERY
+        new = [q for q in queues if self._known_queues.get(q, stale) <= stale]
+        extra: list[tuple[Any, ...]] = [("SADD", queues_key(prefix), *new)] if new else []
+        for queue, due in earliest.items():
+            extra.append(("PUBLISH", schedule_channel(prefix), f"{queue}|{due}"))
+        return extra, new
 
     async def _write_durably(self, calls: list[Call], extra: list[Any]) -> list[Any]:
         """Write, then wait until the server's AOF has it. WAITAOF covers the writes of
