@@ -400,7 +400,7 @@ class Broker:
             pool = _wire.lean_pool(r)
         if pool is not None and _wire.raw_ok(commands):
             return await _wire.call(pool, commands)
-        if len(commands) == 1 and str(commands[0][0]).upper() == "EVALSHA":
+        if len(commands) == 1 and commands[0][0] == "EVALSHA":
             # No pipeline for one script (its overhead shows on the hot path); a cluster
             # client routes it by its first key.
             try:
@@ -506,7 +506,7 @@ class Connected:
 
 
 def _is_notice(command: Sequence[Any]) -> bool:
-    return str(command[0]).upper() == "PUBLISH"
+    return bool(command[0] == "PUBLISH")  # aqueue writes command names upper case
 
 
 def _is_noscript(reply: object) -> bool:

@@ -213,7 +213,9 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
 
 
 def raw_ok(commands: Sequence[Sequence[Any]]) -> bool:
-    return all(str(cmd[0]).upper() in RAW_COMMANDS for cmd in commands)
+    """Names are matched as aqueue writes them, upper case: any other spelling simply
+    takes redis-py's path."""
+    return all(cmd[0] in RAW_COMMANDS for cmd in commands)
 
 
 async def call(pool: Pool, commands: Sequence[Sequence[Any]]) -> list[Any]:
