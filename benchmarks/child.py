@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 import time
 from typing import Any
@@ -33,26 +32,10 @@ from aqueue._keys import queue_keys
 
 from . import tasks
 from .common import RAW_DONE, RAW_PENDING, RAW_PROCESSING
+from .peers.kit import peak_rss_mb
 
 # Tasks one raw loop iteration claims: the same as aqueue's default claim batch.
 RAW_BATCH = 100
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS so far, in MiB.
-
-    On Linux from ``VmHWM``: ``ru_maxrss`` survives ``exec``, so a child would report
-    its parent's peak at fork time whenever that was higher.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 async def drain_aqueue(url: str, n: int, concurrency: int) -> float:
