@@ -14,14 +14,16 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from . import _wire
+from . import _deadline, _wire
+from ._endpoint import endpoint
+from ._endpoint import redacted as redacted  # re-exported: metrics and the client use it
 from .errors import AqueueError, BrokerUnavailable
 
 T = TypeVar("T")
@@ -94,16 +96,6 @@ Call = tuple[Script, Sequence[str], Sequence[Any]]
 ServerLike = str | aioredis.Redis | RedisCluster
 
 
-def redacted(url: str) -> str:
-    """The URL with any password replaced, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def check_url(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in _SCHEMES:
@@ -115,6 +107,7 @@ def check_url(url: str) -> str:
         parse_sentinel_url(url)
     if scheme == "redis+cluster":
         parse_cluster_url(url)
+    endpoint(url)  # a bad database number or TLS option fails here, not at first use
     return url
 
 
@@ -206,7 +199,7 @@ class Broker:
         # Cluster master address -> a client of its own (see ``node_connection``).
         self._node_clients: dict[str, aioredis.Redis] = {}
         self._lean: _wire.LeanPool | None = None
-        self._watchdog = _wire.Watchdog()
+        self._watchdog = _deadline.Watchdog()
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
             self.cluster = self.url.startswith("redis+cluster:")
@@ -245,6 +238,7 @@ class Broker:
             # A blocking pool: past max_connections, callers wait for a free connection
             # (bounded by the timeout) instead of failing as if the server were down.
             # decode_responses stays off: payloads and results are bytes.
+            ep = endpoint(self.url)
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
                 max_connections=self.max_connections,
@@ -252,21 +246,14 @@ class Broker:
                 socket_connect_timeout=self.timeout,
                 socket_timeout=self._socket_timeout,
                 health_check_interval=0,
+                **(ep.redis_py_options() if ep is not None else {}),
                 **_pool_options(),
             )
             self._redis = aioredis.Redis.from_pool(pool)
-            # The hot path's pool (see _wire): connections made like the client's,
-            # but with no socket timeout, because every call on them runs within
-            # ``run``'s deadline, and redis-py spends a task per send and a timeout
-            # scope per read on a socket timeout.
-            template = aioredis.ConnectionPool.from_url(
-                self.url,
-                socket_connect_timeout=self.timeout,
-                socket_timeout=None,  # redis-py's default is 5 s
-                health_check_interval=0,
-                **_pool_options(),
-            )
-            self._lean = _wire.LeanPool(template, self.max_connections)
+            if ep is not None:
+                # The hot path's own connections (see _wire). No socket timeout: every
+                # call on them runs within ``run``'s deadline.
+                self._lean = _wire.LeanPool(ep, self.max_connections, self.timeout)
         return self._redis
 
     def _sentinel_master(self) -> aioredis.Redis:
@@ -278,7 +265,7 @@ class Broker:
             "socket_connect_timeout": self.timeout,
             "socket_timeout": self._socket_timeout,
         }
-        sentinel = Sentinel(u.sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(u.sentinels, sentinel_kwargs=timeouts)
         self._sentinel = sentinel
         client: aioredis.Redis = sentinel.master_for(
             u.service,
@@ -395,11 +382,9 @@ class Broker:
 
     async def _send(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one round trip; error replies come back as exceptions."""
-        pool: _wire.Pool | None = self._lean if r is self._redis else None
-        if pool is None:
-            pool = _wire.lean_pool(r)
-        if pool is not None and _wire.raw_ok(commands):
-            return await _wire.call(pool, commands)
+        lean = self._lean
+        if lean is not None and r is self._redis and _wire.raw_ok(commands):
+            return await _wire.call(lean, commands)
         if len(commands) == 1 and commands[0][0] == "EVALSHA":
             # No pipeline for one script (its overhead shows on the hot path); a cluster
             # client routes it by its first key.

@@ -18,9 +18,9 @@ import anyio
 import msgspec
 
 from ._codec import Body, decode_payload, decode_value, encode_value
+from ._deadline import deadline_scope
 from ._mux import Context, Mux, ProgressSink, _Entry
 from ._task import TaskInfo, from_ms
-from ._wire import deadline_scope
 from .errors import InvalidPayload, Retry, Revoke, SkipRetry
 
 log = logging.getLogger("aqueue.worker")

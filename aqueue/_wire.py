@@ -1,201 +1,282 @@
-"""The hot path's own use of a redis-py connection pool.
+"""aqueue's own connections for the hot path: RESP over asyncio, parsed by hiredis.
 
-``Redis.execute_command`` and ``Pipeline.execute`` wrap every call in machinery that a
-queue's hot path pays for on each enqueue, claim and ack: argument-deprecation shims,
-a retry loop, observability hooks, a timeout scope per read and response callbacks.
-Measured on one loopback server, that is about as much time as the round trip itself.
-Here the commands of one call are packed into one write on one pooled connection and
-their raw replies read back: the same wire traffic, less Python.
+Every enqueue, claim and ack is one script call or a few integer-reply writes. Through
+``Redis.execute_command`` or a pipeline, redis-py wraps each call in machinery (argument
+shims, a retry loop, observability hooks, a timeout scope per read, response callbacks)
+that costs about as much as the loopback round trip itself. Driving redis-py's
+connection objects directly instead is not an option: that layer is not redis-py's
+public API and changes between minor releases (8.2 made an idle connection the server
+had closed raise from its stale check, and a pool built on 8.1's behaviour handed the
+same dead connection out forever).
 
-Only commands whose reply needs no redis-py response callback may go this way (scripts
-and the integer-reply writes in ``RAW_COMMANDS``); everything else, and every client
-that is not a plain ``Redis`` over a pool (a cluster, a single-connection client), goes
-through redis-py's own path.
+So aqueue owns this small piece outright: an ``asyncio.Protocol`` feeding a
+``hiredis.Reader`` (the parser redis-py itself uses), a connection handshake done the
+way the URL asks (``_endpoint``: TLS, unix sockets, AUTH, SELECT, client name), and a
+pool. Its rules:
+
+- A connection the server closed is known as soon as the event loop sees the EOF, and
+  is never handed out again.
+- A connection whose state is unknown (a call failed, timed out or was cancelled while
+  replies were outstanding) is closed, never returned to the pool connected: its late
+  replies must never be read as those of a later call.
+- Only commands whose raw reply is what aqueue wants (scripts and the integer-reply
+  writes in ``RAW_COMMANDS``) go this way; everything else goes through redis-py's
+  public API (``Broker``).
+
+These connections speak RESP2 whatever the URL's ``protocol``: the replies of aqueue's
+scripts and of the raw commands are the same in both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import time
+import ssl
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, cast
 
-import anyio
-import redis.asyncio as aioredis
+import hiredis
 import redis.exceptions as rexc
+
+from ._endpoint import Endpoint
 
 # Commands whose raw reply is what redis-py would return (no response callback).
 RAW_COMMANDS = frozenset({"EVALSHA", "PUBLISH", "SADD", "HSET", "ZADD", "LPUSH", "RPUSH", "BLMOVE"})
 
+# Error replies that mean more than "this command failed", by their first word, as the
+# redis.exceptions classes redis-py raises for them (aqueue's callers test for those).
+# LOADING and the authentication errors are ConnectionErrors: the server is not usable.
+_ERRORS: dict[str, type[rexc.ResponseError] | type[rexc.ConnectionError]] = {
+    "NOSCRIPT": rexc.NoScriptError,
+    "LOADING": rexc.BusyLoadingError,
+    "READONLY": rexc.ReadOnlyError,
+    "NOAUTH": rexc.AuthenticationError,
+    "WRONGPASS": rexc.AuthenticationError,
+    "NOPERM": rexc.NoPermissionError,
+    "OOM": rexc.OutOfMemoryError,
+}
 
-_scope_class: type[anyio.CancelScope] | None = None
+_MORE = object()  # hiredis's "no whole reply buffered yet"
 
 
-def deadline_scope(seconds: float) -> anyio.CancelScope:
-    """``anyio.CancelScope(deadline=now + seconds)`` for the asyncio backend, without
-    anyio's backend lookup on every call: the worker opens one per task (its timeout),
-    and the lookup was a visible share of a no-op task's cost. The loop's clock is
-    ``time.monotonic()`` (uvloop's too, at millisecond resolution); redis.asyncio needs
-    asyncio anyway."""
-    global _scope_class
-    cls = _scope_class
-    if cls is None:
-        cls = _scope_class = type(anyio.CancelScope())
-    return cls(deadline=time.monotonic() + seconds)
+class Connection(asyncio.Protocol):
+    """One connection: a call writes its commands and waits for that many replies,
+    which ``data_received`` parses as the bytes arrive. One call at a time."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(
+            protocolError=rexc.InvalidResponse,
+            replyError=rexc.ResponseError,
+            notEnoughData=_MORE,
+        )
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._want = 0
+        self._replies: list[Any] = []
+        # Why this connection is unusable, once it is; None while it is healthy.
+        self.lost: Exception | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have the interface without the base class.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self._fail(rexc.ConnectionError("the server sent a reply nobody was waiting for"))
+            return
+        reader = self._reader
+        reader.feed(data)
+        replies = self._replies
+        try:
+            while len(replies) < self._want:
+                reply = reader.gets()
+                if reply is _MORE:
+                    return
+                replies.append(reply)
+        except rexc.InvalidResponse as exc:
+            self._fail(exc)
+            return
+        self._waiter = None
+        waiter.set_result(replies)
+        if reader.has_data():  # more than was asked for: the stream is out of step
+            self._fail(rexc.ConnectionError("the server sent a reply nobody was waiting for"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._fail(rexc.ConnectionError("Connection closed by server."))
+        else:
+            self._fail(rexc.ConnectionError(f"Error while reading from the server: {exc}"))
+
+    # -- use ---------------------------------------------------------------------------
+
+    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Write ``count`` packed commands; the future of their replies, in order."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.lost is not None:
+            waiter.set_exception(self.lost)
+            return waiter
+        assert self._transport is not None and self._waiter is None
+        self._waiter, self._want, self._replies = waiter, count, []
+        self._transport.write(packed)
+        return waiter
+
+    def close(self) -> None:
+        self._fail(rexc.ConnectionError("connection closed by aqueue"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.lost is None:
+            self.lost = exc
+        if self._transport is not None:
+            self._transport.abort()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
 
-class Pool(Protocol):
-    """What ``call`` needs of a pool: redis-py's pools and ``LeanPool`` both have it."""
+async def connect(ep: Endpoint, context: ssl.SSLContext | None, timeout: float) -> Connection:
+    """A connection to ``ep``, logged in and on its database, within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    where = ep.path or f"{ep.host}:{ep.port}"
+    try:
+        async with asyncio.timeout(timeout):
+            if ep.path is not None:
+                _, conn = await loop.create_unix_connection(Connection, ep.path)
+            else:
+                _, conn = await loop.create_connection(
+                    Connection,
+                    ep.host,
+                    ep.port,
+                    ssl=context,
+                    server_hostname=ep.host if context is not None else None,
+                )
+    except TimeoutError:
+        raise rexc.TimeoutError(f"Timeout connecting to {where}") from None
+    except OSError as exc:
+        raise rexc.ConnectionError(f"Error {exc.errno} connecting to {where}. {exc}") from exc
+    try:
+        await _handshake(conn, ep)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
-    async def get_connection(self) -> Any: ...
 
-    async def release(self, connection: Any) -> None: ...
+async def _handshake(conn: Connection, ep: Endpoint) -> None:
+    commands: list[tuple[str, ...]] = []
+    if ep.password is not None:
+        auth = ("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password)
+        commands.append(auth)
+    if ep.db:
+        commands.append(("SELECT", str(ep.db)))
+    if ep.client_name:
+        commands.append(("CLIENT", "SETNAME", ep.client_name))
+    if not commands:
+        return
+    for cmd, reply in zip(commands, await conn.send(pack(commands), len(commands)), strict=True):
+        if isinstance(reply, rexc.ResponseError):
+            error = _classified(reply)
+            if cmd[0] == "AUTH" or isinstance(error, rexc.AuthenticationError):
+                raise rexc.AuthenticationError(str(reply))
+            raise rexc.ConnectionError(f"{cmd[0]} {cmd[1]} failed: {reply}")
 
 
 class LeanPool:
-    """A pool for the hot path: a stack of idle connections and a cap.
+    """Up to ``size`` connections to one endpoint: an idle stack, and callers past the
+    cap waiting in line for the next one returned (bounded by the caller's deadline).
 
-    redis-py's BlockingConnectionPool takes a lock, a condition, a timeout scope and
-    observability hooks for every connection it lends. Here an idle connection is
-    popped, checked the way redis-py checks it (a connection with unread bytes, or
-    that the server closed, is reconnected before use), and pushed back; past the cap,
-    callers wait in line for the next one returned (bounded by the caller's deadline).
-    Connections are made like redis-py's own, from the ``template`` pool's settings.
+    A waiter is handed either a connection or None, which hands it a free place to
+    open a connection of its own: the count of connections never passes ``size``.
     """
 
-    def __init__(self, template: aioredis.ConnectionPool, size: int) -> None:
-        self._class = template.connection_class
-        self._kwargs = template.connection_kwargs
+    def __init__(self, ep: Endpoint, size: int, connect_timeout: float) -> None:
+        self._ep = ep
         self._size = size
+        self._connect_timeout = connect_timeout
+        self._context: ssl.SSLContext | None = None
         self._count = 0
-        self._idle: list[Any] = []
-        self._waiters: deque[asyncio.Future[Any]] = deque()
-        self._all: set[Any] = set()
-        # redis-py 8 renamed the check (the old name warns); 5.x-7.x have the old one.
-        self._check = "can_read" if hasattr(self._class, "can_read") else "can_read_destructive"
+        self._idle: list[Connection] = []
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._all: set[Connection] = set()
 
-    async def get_connection(self) -> Any:
-        if self._idle:
-            conn = self._idle.pop()
-        elif self._count < self._size:
+    async def get(self) -> Connection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.lost is None:
+                return conn
+            self._all.discard(conn)
+            self._count -= 1
+        if self._count < self._size:
             self._count += 1
-            conn = self._class(**self._kwargs)
-            self._all.add(conn)
         else:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                conn = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._put(waiter.result())  # handed over just as we gave up
-                raise
-        try:
-            if not conn.is_connected:
-                await conn.connect()
-            elif await getattr(conn, self._check)():
-                await conn.disconnect()
-                await conn.connect()
-        except BaseException:
-            self._put(conn)
-            raise
-        return conn
+            conn_or_none = await self._wait()
+            if conn_or_none is not None:
+                if conn_or_none.lost is None:
+                    return conn_or_none
+                self._all.discard(conn_or_none)  # its place is ours now
+        return await self._open()
 
-    async def release(self, connection: Any) -> None:
-        self._put(connection)
-
-    def _put(self, connection: Any) -> None:
+    def put(self, conn: Connection) -> None:
+        if conn.lost is not None:
+            self._all.discard(conn)
+            self._free_place()
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(connection)
+                waiter.set_result(conn)
                 return
-        self._idle.append(connection)
+        self._idle.append(conn)
+
+    async def _wait(self) -> Connection | None:
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # handed over just as we gave up
+                handed = waiter.result()
+                if handed is None:
+                    self._free_place()
+                else:
+                    self.put(handed)
+            raise
+
+    async def _open(self) -> Connection:
+        """Open a connection in a place already counted; give the place up on failure."""
+        try:
+            if self._context is None and self._ep.tls is not None:
+                self._context = self._ep.tls.context()
+            conn = await connect(self._ep, self._context, self._connect_timeout)
+        except BaseException:
+            self._free_place()
+            raise
+        self._all.add(conn)
+        return conn
+
+    def _free_place(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._count -= 1
 
     async def disconnect(self) -> None:
-        for conn in self._all:
-            await conn.disconnect()
-
-
-class Watch:
-    """One call under a ``Watchdog``: its deadline, its task, and whether it expired."""
-
-    __slots__ = ("deadline", "expired", "task")
-
-    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
-        self.deadline = deadline
-        self.task = task
-        self.expired = False
-
-
-class Watchdog:
-    """Deadlines for a Broker's calls without a timer per call.
-
-    A cancel scope or ``asyncio.timeout`` per call schedules and cancels a timer each
-    time, about as costly as all of aqueue's own work in an enqueue. Here a call only
-    registers its deadline. One timer, set for the earliest deadline in flight, cancels
-    the calls past theirs, and each such call turns that cancellation into
-    ``BrokerUnavailable`` (see ``Broker.run``). As calls of one broker share a timeout,
-    a new call's deadline is almost never the earliest: the timer is rarely moved, and
-    it fires about once per timeout while calls are in flight, not at all when idle.
-    """
-
-    def __init__(self) -> None:
-        self._watched: set[Watch] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._due = math.inf
-
-    def start(self, seconds: float) -> Watch:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None
-        watch = Watch(loop.time() + seconds, task)
-        self._watched.add(watch)
-        if watch.deadline < self._due or self._loop is not loop:
-            self._arm(loop, watch.deadline)
-        return watch
-
-    def stop(self, watch: Watch) -> None:
-        self._watched.discard(watch)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._loop, self._due = loop, due
-        self._timer = loop.call_at(due, self._check)
-
-    def _check(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._timer, self._due = None, math.inf
-        now = loop.time()
-        for watch in list(self._watched):
-            if watch.task.done():  # a call from a loop that is gone
-                self._watched.discard(watch)
-            elif watch.deadline <= now:
-                self._watched.discard(watch)
-                watch.expired = True
-                watch.task.cancel()
-        if self._watched:
-            self._arm(loop, min(w.deadline for w in self._watched))
-
-
-def lean_pool(client: aioredis.Redis) -> Pool | None:
-    """The pool to use directly, or None when ``client`` must go through redis-py."""
-    if not isinstance(client, aioredis.Redis) or client.single_connection_client:
-        return None
-    pool: Pool = client.connection_pool
-    return pool
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+        self._count = 0
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    """RESP for ``commands`` in one buffer, as redis-py's encoder would write it (UTF-8
-    strings, ``repr`` of numbers), with less Python per argument: a task's enqueue or a
-    batch of acks carries many small arguments. Only for pools made here (``LeanPool``),
-    whose connections use that default encoding."""
+    """RESP for ``commands`` in one buffer (UTF-8 strings, ``repr`` of numbers), as
+    redis-py's encoder writes them, with less Python per argument: a task's enqueue or
+    a batch of acks carries many small arguments."""
     out: list[bytes] = []
     for cmd in commands:
         out.append(b"*%d\r\n" % len(cmd))
@@ -218,28 +299,32 @@ def raw_ok(commands: Sequence[Sequence[Any]]) -> bool:
     return all(cmd[0] in RAW_COMMANDS for cmd in commands)
 
 
-async def call(pool: Pool, commands: Sequence[Sequence[Any]]) -> list[Any]:
+async def call(pool: LeanPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Send ``commands`` in one write on one connection; their replies, in order.
 
     An error reply comes back in its place as a ``ResponseError`` (the others still
-    ran, as in a non-transactional pipeline). A connection or timeout failure, or a
-    cancellation, while replies are outstanding closes the connection: its unread
-    replies must never be taken for those of a later call.
+    ran, as in a non-transactional pipeline), except one that says the server is not
+    usable (LOADING, NOAUTH), which is raised. A connection failure, a deadline or a
+    cancellation while replies are outstanding closes the connection.
     """
-    conn = await pool.get_connection()
+    packed = pack(commands)  # before taking a connection: a bad argument costs nothing
+    conn = await pool.get()
     try:
-        packed = pack(commands) if isinstance(pool, LeanPool) else conn.pack_commands(commands)
-        await conn.send_packed_command(packed, False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except rexc.ResponseError as exc:
-                replies.append(exc)
+        replies = await conn.send(packed, len(commands))
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await conn.disconnect(nowait=True)
+        conn.close()
         raise
     finally:
-        await pool.release(conn)
+        pool.put(conn)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, rexc.ResponseError):
+            error = replies[i] = _classified(reply)
+            if isinstance(error, rexc.ConnectionError):
+                raise error
     return replies
+
+
+def _classified(reply: rexc.ResponseError) -> Exception:
+    text = str(reply)
+    cls = _ERRORS.get(text.split(" ", 1)[0])
+    return reply if cls is None else cls(text)

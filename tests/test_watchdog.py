@@ -1,4 +1,4 @@
-"""The Broker's call deadlines (``_wire.Watchdog``) against a really frozen server: a
+"""The Broker's call deadlines (``_deadline.Watchdog``) against a really frozen server: a
 call past its deadline raises BrokerUnavailable and leaves its task uncancelled, and a
 caller's own cancellation still wins over it."""
 
