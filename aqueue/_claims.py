@@ -54,8 +54,9 @@ class Claiming(WorkerState):
         try:
             replies = await self._broker.run(lambda: self._broker.scripts(calls))
         except BrokerUnavailable as exc:
-            await self._outage(exc)
+            await self._outage.failed(exc)
             return
+        self._outage.ok()
         self._suspect.difference_update(queues)
         for q, n in zip(queues, replies, strict=True):
             if n:
@@ -114,9 +115,9 @@ class Claiming(WorkerState):
             replies = await self._broker.run(lambda: self._broker.scripts(calls))
         except BrokerUnavailable as exc:
             self._claim_lost(plan, moved)
-            await self._outage(exc)
+            await self._outage.failed(exc)
             return {}
-        self._recovered()
+        self._outage.ok()
         return await self._claimed(plan, replies, moved)
 
     def _claim_lost(self, plan: Mapping[str, int], moved: str = "") -> None:
@@ -181,8 +182,10 @@ class Claiming(WorkerState):
                 )
             except BrokerUnavailable as exc:
                 self._suspect.add(q)  # the move may have happened, its reply lost
-                await self._outage(exc)
+                await self._outage.failed(exc)
                 moved = None
+            else:
+                self._outage.ok()
             if moved is not None:
                 got = (await self._claim({q: 0}, moved=moved.decode())).get(q, 0)
         finally:

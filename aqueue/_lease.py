@@ -14,6 +14,7 @@ run from any number of workers at once.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import redis.exceptions as rexc
 
-from ._broker import SCRIPTS, Call
+from ._broker import SCRIPTS, Call, redacted
 from ._codec import encode_value
 from ._keys import (
     QueueKeys,
@@ -36,7 +37,8 @@ from ._keys import (
     worker_key,
     workers_key,
 )
-from .errors import BrokerUnavailable
+from ._outage import waiting_helps
+from .errors import AqueueError, BrokerUnavailable
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -50,6 +52,9 @@ JANITOR_BATCH = 500
 # Upper bound on the forwarder's sleep. Delayed tasks written by clients wake it through
 # pub/sub; this only bounds the delay for one whose message was missed (a reconnect).
 FORWARD_MAX_SLEEP = 5.0
+# The oldest server aqueue runs on (BLMOVE and SMISMEMBER need 6.2; 7 is what is tested).
+# Valkey reports a Redis version (7.2.4) it is compatible with.
+MIN_VERSION = (7, 0)
 
 
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError)
@@ -68,16 +73,67 @@ class LeaseKeeper:
         self._forward_event: anyio.Event | None = None
         self._card_bytes: bytes | None = None
 
-    async def start(self) -> None:
-        """First contact: fail fast (``BrokerUnavailable``) on a wrong URL or a down
-        server, register the queues and take the lease, warn about risky settings."""
+    async def start(self, wait: bool = False) -> None:
+        """First contact: register the queues, take the lease, subscribe to cancel
+        requests, then warn about risky settings.
+
+        A server that cannot be used yet (down, restarting, still loading its data) is
+        waited for when ``wait``, with the backoff and log policy of an outage, and
+        raised as ``BrokerUnavailable`` otherwise. What waiting cannot fix (refused
+        credentials, a peer that is not Redis, a server without a command aqueue needs)
+        is raised at once either way.
+        """
+        outage = self.w._outage
+        while True:
+            try:
+                await self._first_contact()
+            except BrokerUnavailable as exc:
+                if not wait or not waiting_helps(exc):
+                    raise
+                await outage.failed(exc)
+            except rexc.ResponseError as exc:  # a refusal the broker leaves to callers
+                error = self.w.broker.unavailable(exc)
+                if not wait or not waiting_helps(exc):
+                    raise error from exc
+                await outage.failed(error)
+            else:
+                break
+        outage.ok()
+        await self._boot_checks()
+
+    async def _first_contact(self) -> None:
         w = self.w
         broker = w.broker
         await broker.run(lambda: broker.redis.ping())
-        await broker.run(lambda: broker.redis.sadd(queues_key(broker.prefix), *w.queues))
+        await self._check_version()
+        # Through ``scripts``: the hot path's own connections are tried at start too.
+        register = [("SADD", queues_key(broker.prefix), *w.queues)]
+        await broker.run(lambda: broker.scripts([], register))
         await self.renew()
-        await self.subscribe()
-        await self._boot_checks()
+        try:
+            await self.subscribe()
+        except BaseException:
+            # The next try subscribes on a new connection: this one must not linger.
+            await self._close_pubsub()
+            raise
+
+    async def _check_version(self) -> None:
+        """Refuse a server older than aqueue supports: waiting will not upgrade it."""
+        broker = self.w.broker
+        try:
+            info: dict[Any, Any] = await broker.run(lambda: broker.redis.info("server"))
+        except BrokerUnavailable as exc:
+            if waiting_helps(exc):
+                raise
+            return  # INFO refused to this user (NOPERM): nothing to check
+        except rexc.ResponseError:
+            return  # INFO renamed away on a managed server: nothing to check
+        version = server_version(info)
+        if version is not None and too_old(version):
+            raise AqueueError(
+                f"the server at {redacted(broker.url)} is Redis {version}: aqueue needs "
+                f"Redis {'.'.join(map(str, MIN_VERSION))} or later, or Valkey"
+            )
 
     async def _boot_checks(self) -> None:
         broker = self.w.broker
@@ -186,7 +242,7 @@ class LeaseKeeper:
                 w._suspect.update(w.queues)
             try:
                 await self.renew()
-                w._recovered()
+                w._outage.ok()
             except BrokerUnavailable as exc:
                 if time.monotonic() >= self.valid_until and w._held:
                     log.warning(
@@ -197,7 +253,7 @@ class LeaseKeeper:
                         len(w._held),
                     )
                     w._cancel_all("lost")
-                await w._outage(exc, sleep=0)
+                await w._outage.failed(exc, sleep=0)
 
     async def reaper_loop(self) -> None:
         """Return the tasks of expired leases, at least every ``min(lease_ttl, 5)`` s."""
@@ -206,8 +262,9 @@ class LeaseKeeper:
             try:
                 await self.reap()
                 await self.sweep()
+                self.w._outage.ok()
             except BrokerUnavailable as exc:
-                await self.w._outage(exc, sleep=0)
+                await self.w._outage.failed(exc, sleep=0)
             # Jitter spreads the reapers of many workers over the interval.
             await anyio.sleep(interval * random.uniform(0.5, 1.0))
 
@@ -279,6 +336,7 @@ class LeaseKeeper:
                     if not subscribed:
                         await self.subscribe()
                         subscribed = True
+                        w._outage.ok()
                     message = await self._pubsub.get_message(timeout=None)
                     if message is None:
                         continue
@@ -290,13 +348,17 @@ class LeaseKeeper:
                         w.cancel_held(queue, rest)
                 except (BrokerUnavailable, *_CONNECTION_ERRORS) as exc:
                     subscribed = False
-                    with anyio.CancelScope(shield=True):
-                        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await self._close_pubsub()
                     error = exc if isinstance(exc, BrokerUnavailable) else w.broker.unavailable(exc)
-                    await w._outage(error)
+                    await w._outage.failed(error)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._close_pubsub()
+
+    async def _close_pubsub(self) -> None:
+        # Typed in some redis-py releases and not in others: called through Any.
+        pubsub: Any = self._pubsub
+        with anyio.CancelScope(shield=True):
+            await pubsub.aclose()
 
     async def sweep(self) -> int:
         """Delete expired completed tasks, trim the archive, drop expired unique locks
@@ -335,8 +397,9 @@ class LeaseKeeper:
             try:
                 replies = await broker.run(functools.partial(broker.scripts, calls))
             except BrokerUnavailable as exc:
-                await w._outage(exc)
+                await w._outage.failed(exc)
                 continue
+            w._outage.ok()
             moved = sum(int(r[0]) for r in replies)
             if moved >= FORWARD_BATCH:
                 continue  # more are due right now
@@ -360,3 +423,32 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return str(value) if value is not None else ""
+
+
+def server_version(info: dict[Any, Any]) -> str | None:
+    """The ``redis_version`` of an ``INFO server`` reply; a cluster client may answer
+    with one reply per node, and then the oldest counts. None when there is none that
+    reads as a version: such a server is given the benefit of the doubt."""
+    found = [
+        v
+        for k, value in info.items()
+        if _text(k) == "redis_version" and (v := _text(value))[:1].isdigit()
+    ]
+    for value in info.values():
+        if isinstance(value, dict):
+            found += [v for v in [server_version(value)] if v is not None]
+    if not found:
+        return None
+    return min(found, key=_version_tuple)
+
+
+def too_old(version: str) -> bool:
+    return _version_tuple(version) < MIN_VERSION
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits or 0))
+    return tuple(parts)

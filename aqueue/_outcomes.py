@@ -22,8 +22,9 @@ from ._claims import Claiming
 from ._codec import encode_value
 from ._keys import done_channel
 from ._lease import today
+from ._outage import MAX_BACKOFF
 from ._runner import Claimed, Outcome
-from ._state import MAX_BACKOFF, log
+from ._state import log
 from .errors import BrokerUnavailable
 
 
@@ -215,7 +216,7 @@ class Running(Claiming):
                 self._forget(c, slots=0)
             self._release(len(items))
         if claimed:
-            self._recovered()
+            self._outage.ok()
             await self._claimed(plan, claim_replies)
         elif plan:
             self._claim_lost(plan)
@@ -227,7 +228,7 @@ class Running(Claiming):
         while True:
             try:
                 result = await self._broker.run(fn)
-                self._recovered()
+                self._outage.ok()
                 return result
             except BrokerUnavailable as exc:
                 left = self._leases.valid_until - time.monotonic()
@@ -235,5 +236,5 @@ class Running(Claiming):
                     raise
                 # The last try comes just before the lease would lapse, not up to a
                 # whole backoff step earlier.
-                await self._outage(exc, sleep=min(delay, left))
+                await self._outage.failed(exc, sleep=min(delay, left))
                 delay = min(delay * 2, MAX_BACKOFF)

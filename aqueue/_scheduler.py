@@ -67,9 +67,11 @@ class Scheduler:
         while True:
             try:
                 await step()
-                return
             except BrokerUnavailable as exc:
-                await self.w._outage(exc)
+                await self.w._outage.failed(exc)
+            else:
+                self.w._outage.ok()
+                return
 
     async def _register(self) -> None:
         """Publish each entry's definition, for ``Inspector.cron_entries``."""

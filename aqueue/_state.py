@@ -1,12 +1,12 @@
-"""What the parts of a ``Worker`` share: its settings, its serving state, slot
-accounting and outage handling. ``Claiming`` (claims), ``Running`` (handlers and
-outcomes) and ``Worker`` (lifecycle) build on it, one module each."""
+"""What the parts of a ``Worker`` share: its settings, its serving state and slot
+accounting. ``Claiming`` (claims), ``Running`` (handlers and outcomes) and ``Worker``
+(lifecycle) build on it, one module each; server outages are an ``Outage`` of their
+own (``_outage``), which every part reports its server calls to."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ import anyio.abc
 
 from ._broker import Broker
 from ._keys import QueueKeys
+from ._outage import Outage
 from ._runner import Claimed, Runner
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ log = logging.getLogger("aqueue.worker")
 
 # How long one BLMOVE blocks before the worker re-checks pauses and shutdown.
 BLOCK_SECONDS = 1.0
-MAX_BACKOFF = 5.0
 
 
 class WorkerState:
@@ -44,7 +44,7 @@ class WorkerState:
     _runner: Runner
     _leases: LeaseKeeper
     _blockers: anyio.abc.TaskGroup
-    _backoff: float
+    _outage: Outage
 
     def _init_state(self) -> None:
         self._stopping = False
@@ -67,8 +67,8 @@ class WorkerState:
         self._claim_event = anyio.Event()
         self._ack_event = anyio.Event()
         self._claim_scope = anyio.CancelScope()
-        self._down_since: float | None = None
-        self._back = anyio.Event()
+        # Cancelled by stop(): ends a wait for the server at start.
+        self._start_scope = anyio.CancelScope()
 
     # -- slots -------------------------------------------------------------------------
 
@@ -92,25 +92,3 @@ class WorkerState:
         if not self._held and self._idle_waiter is not None:
             self._idle_waiter.set()
             self._idle_waiter = None
-
-    # -- outages -----------------------------------------------------------------------
-
-    async def _outage(self, exc: BaseException, sleep: float | None = None) -> None:
-        """Log once per outage, then back off (capped) before the caller tries again."""
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            self._backoff = 0.1
-            log.warning("lost the server (%s); retrying with backoff up to %g s", exc, MAX_BACKOFF)
-        else:
-            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        # The first call that finds the server back ends every backoff at once.
-        with anyio.move_on_after(self._backoff if sleep is None else sleep):
-            await self._back.wait()
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning("server reachable again after %.1f s", time.monotonic() - self._down_since)
-            self._down_since = None
-            self._back.set()
-            self._back = anyio.Event()

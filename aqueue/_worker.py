@@ -1,8 +1,9 @@
 """The consumer side: ``Worker`` claims tasks into its lease, runs them, writes outcomes.
 
 This module holds the public class and its lifecycle (start, serve, graceful shutdown,
-signals). The parts build on one another: ``_state`` (shared state, slots, outages),
-``_claims`` (claiming), ``_outcomes`` (running handlers, acks and failures).
+signals). The parts build on one another: ``_state`` (shared state, slots),
+``_claims`` (claiming), ``_outcomes`` (running handlers, acks and failures). Every part
+reports its server calls to one ``Outage`` (``_outage``: backoff and log policy).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerL
 from ._keys import QueueKeys, queue_keys
 from ._lease import LeaseKeeper
 from ._mux import Mux
+from ._outage import Outage
 from ._outcomes import Running
 from ._runner import IsFailure, OnError, RetryDelay, Runner
 from ._scheduler import Scheduler
@@ -106,6 +108,7 @@ class Worker(Running):
             limiter=anyio.CapacityLimiter(concurrency),
         )
         self._leases = LeaseKeeper(self)
+        self._outage = Outage(log)
         self._outer: anyio.abc.TaskGroup | None = None
         self._running = False
 
@@ -120,13 +123,18 @@ class Worker(Running):
         return self._broker
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (when run in the main thread) or cancellation."""
+        """Serve until SIGTERM/SIGINT (when run in the main thread) or cancellation.
+
+        A server that is down or still loading its data is waited for, with the backoff
+        of an outage; what waiting cannot fix (refused credentials, a peer that is not
+        Redis, a server too old) raises at once (``BrokerUnavailable``/``AqueueError``).
+        """
         error: Exception | None = None
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(self._watch_signals)
             try:
-                await self._serve()
+                await self._serve(wait=True)
             except Exception as exc:  # raised plain, not wrapped by the task group
                 error = exc
             finally:
@@ -139,6 +147,7 @@ class Worker(Running):
         ``shutdown_timeout``, then cancel them and return their tasks to the queue."""
         self._stopping = True
         if self._running:
+            self._start_scope.cancel()
             self._claim_scope.cancel()
             self._wake_dispatcher()
 
@@ -173,57 +182,76 @@ class Worker(Running):
     # -- serving -----------------------------------------------------------------------
 
     async def _serve(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        wait: bool = False,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Make first contact (waiting for the server if ``wait``), then serve until
+        stopped. ``run()`` waits; ``async with`` does not, so that an application's
+        startup fails, with ``BrokerUnavailable``, while its server is down."""
         if self._running:
             raise AqueueError("this Worker is already running")
         self._init_state()
         self._running = True
         try:
-            await self._leases.start()
+            if not await self._begin(wait):
+                return
+            task_status.started()
+            try:
+                await self._serve_started()
+            except anyio.get_cancelled_exc_class():
+                # Cancelled from outside (e.g. run() inside a cancelled scope): no time
+                # for handlers, but their tasks still go straight back to the queue.
+                for c in self._held.values():
+                    self._requeue.setdefault(c.queue, []).append(c)
+                self._held.clear()
+                await self._finish()
+                raise
+        finally:
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                await self._broker.close()
+        log.info("worker %s stopped", self.id)
+
+    async def _begin(self, wait: bool) -> bool:
+        """First contact (``LeaseKeeper.start``); False if ``stop()`` came first."""
+        with self._start_scope:
+            await self._leases.start(wait)
             log.info(
                 "worker %s serving queues %s with concurrency %d",
                 self.id,
                 dict(self.queues),
                 self.concurrency,
             )
-            task_status.started()
-            async with anyio.create_task_group() as background:
-                background.start_soon(self._leases.heartbeat_loop)
-                background.start_soon(self._leases.reaper_loop)
-                background.start_soon(self._leases.forward_loop)
-                background.start_soon(self._ack_loop)
-                background.start_soon(self._leases.cancel_loop)
-                if self.scheduler and self.mux.cron_entries:
-                    background.start_soon(Scheduler(self).run)
-                # One long-lived runner per slot, handed claimed tasks directly:
-                # spawning a task per handler costs more than a no-op handler itself.
-                async with anyio.create_task_group() as handlers:
-                    for _ in range(self.concurrency):
-                        handlers.start_soon(self._run_slot)
-                    try:
-                        with self._claim_scope:
-                            async with anyio.create_task_group() as blockers:
-                                self._blockers = blockers
-                                await self._dispatch()
-                        await self._drain()
-                    finally:
-                        self._close_slots()
-                await self._finish()
-                background.cancel_scope.cancel()
-        except anyio.get_cancelled_exc_class():
-            # Cancelled from outside (e.g. run() inside a cancelled scope): no time for
-            # handlers, but their tasks still go straight back to the queue.
-            for c in self._held.values():
-                self._requeue.setdefault(c.queue, []).append(c)
-            self._held.clear()
+            return True
+        log.info("worker %s stopped before its server answered", self.id)
+        return False
+
+    async def _serve_started(self) -> None:
+        async with anyio.create_task_group() as background:
+            background.start_soon(self._leases.heartbeat_loop)
+            background.start_soon(self._leases.reaper_loop)
+            background.start_soon(self._leases.forward_loop)
+            background.start_soon(self._ack_loop)
+            background.start_soon(self._leases.cancel_loop)
+            if self.scheduler and self.mux.cron_entries:
+                background.start_soon(Scheduler(self).run)
+            # One long-lived runner per slot, handed claimed tasks directly:
+            # spawning a task per handler costs more than a no-op handler itself.
+            async with anyio.create_task_group() as handlers:
+                for _ in range(self.concurrency):
+                    handlers.start_soon(self._run_slot)
+                try:
+                    with self._claim_scope:
+                        async with anyio.create_task_group() as blockers:
+                            self._blockers = blockers
+                            await self._dispatch()
+                    await self._drain()
+                finally:
+                    self._close_slots()
             await self._finish()
-            raise
-        finally:
-            self._running = False
-            with anyio.CancelScope(shield=True):
-                await self._broker.close()
-        log.info("worker %s stopped", self.id)
+            background.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -357,12 +357,25 @@ async def test_password_of_a_down_server_is_not_in_the_error() -> None:
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.parametrize("how", ["run", "async-with"])
-async def test_worker_on_a_down_server_raises_broker_unavailable(how: str) -> None:
+async def test_worker_entered_on_a_down_server_raises_broker_unavailable() -> None:
+    """``async with worker:`` makes first contact on entry, so that an application's
+    startup fails while its server is down; ``run()`` waits for the server instead
+    (tests/test_worker_start.py)."""
     worker = Worker(mux, f"redis://:hunter2@127.0.0.1:{free_port()}/0", timeout=1.0)
     with pytest.raises(BrokerUnavailable) as caught, anyio.fail_after(1.0 + MARGIN):
-        await _serve(worker, how)
+        await _serve(worker, "async-with")
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("how", ["run", "async-with"])
+async def test_worker_refused_by_the_server_raises_broker_unavailable_at_once(
+    locked_server: EmbeddedServer, how: str
+) -> None:
+    worker = Worker(mux, _with_auth(locked_server, ":wr0ng-pass@"), timeout=1.0)
+    with pytest.raises(BrokerUnavailable) as caught, anyio.fail_after(1.0 + MARGIN):
+        await _serve(worker, how)
+    assert f"127.0.0.1:{locked_server.port}" in str(caught.value)
+    assert "wr0ng-pass" not in str(caught.value)
 
 
 async def _serve(worker: Worker, how: str) -> None:

@@ -202,7 +202,7 @@ async def _is(recorder: str, expected: set[str]) -> bool:
 async def test_an_existing_sentinel_managed_client_is_accepted(
     sentinel_set: SentinelSet, recorder: str
 ) -> None:
-    sentinel = Sentinel([("127.0.0.1", sentinel_set.port)])  # type: ignore[no-untyped-call]
+    sentinel = Sentinel([("127.0.0.1", sentinel_set.port)])
     master = sentinel.master_for(SERVICE, redis_class=aioredis.Redis)
     assert isinstance(master, aioredis.Redis)
     try:
