@@ -43,7 +43,14 @@ _UNAVAILABLE = (
     ConnectionError,
     TimeoutError,
     OSError,
+    # A cluster none of whose nodes answers, or a slot no node covers (not RedisErrors).
+    rexc.RedisClusterException,
 )
+# Error replies of a server that cannot take the command now, whatever the command:
+# full (OOM), unable to persist (MISCONF), busy in a script, loading, or a cluster or
+# replication in trouble. Waiting may help; the caller cannot change the call to fix it.
+_REFUSALS = ("OOM", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+             "NOREPLICAS")  # fmt: skip
 
 
 _INCLUDE = "-- include: "
@@ -309,7 +316,7 @@ class Broker:
         except TimeoutError as exc:
             raise self.unavailable(exc) from exc
         except rexc.ResponseError as exc:
-            if _is_auth_error(exc) or _is_demoted(exc):  # UNBLOCKED twice in a row
+            if _is_auth_error(exc) or _is_demoted(exc) or _is_refusal(exc):
                 raise self.unavailable(exc) from exc
             raise
         except _UNAVAILABLE as exc:
@@ -518,6 +525,14 @@ def _is_demoted(exc: BaseException) -> bool:
     if isinstance(exc, rexc.ConnectionError):
         return text == "The previous master is now a slave"
     return isinstance(exc, rexc.ResponseError) and text.startswith("UNBLOCKED")
+
+
+def _is_refusal(exc: rexc.ResponseError) -> bool:
+    """The server cannot take any command now (see ``_REFUSALS``). redis-py strips the
+    first word of some replies into the class (ClusterDownError and the like)."""
+    if isinstance(exc, (rexc.ClusterDownError, rexc.OutOfMemoryError, rexc.TryAgainError)):
+        return True
+    return str(exc).startswith(_REFUSALS)
 
 
 def _is_auth_error(exc: rexc.ResponseError) -> bool:

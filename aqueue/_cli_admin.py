@@ -17,11 +17,12 @@ from typing import Any, TypeAlias
 
 import anyio
 import msgspec
+import redis.exceptions as rexc
 
-from ._broker import DEFAULT_URL
+from ._broker import DEFAULT_URL, redacted
 from ._inspector import Inspector, cancel_task
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name
-from .errors import InvalidQueueName, QueueNotEmpty, QueueNotFound
+from .errors import AqueueError, InvalidQueueName, QueueNotEmpty, QueueNotFound
 
 Command = Callable[[Inspector, argparse.Namespace], Awaitable[None]]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -138,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
         async with Inspector(url, timeout=args.timeout) as inspector:
             await command(inspector, args)
 
-    anyio.run(go)
+    try:
+        anyio.run(go)
+    except (rexc.RedisError, rexc.RedisClusterException) as exc:
+        # Lost connections are BrokerUnavailable already; what redis-py still raises is
+        # the server refusing a command (OOM, READONLY, MISCONF, ...) or a cluster
+        # client's own failures. An operator's command ends in one line for those too.
+        raise AqueueError(f"cannot use the server at {redacted(url)}: {exc}") from exc
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -12,6 +13,7 @@ import anyio
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.client import PubSub
 
 from ._broker import (
     DEFAULT_PREFIX,
@@ -31,14 +33,13 @@ from ._codec import (
     encode_payload,
     unique_digest,
 )
-from ._inspector import Inspector, cancel_task
+from ._inspector import cancel_task, get_task
 from ._keys import QueueKeys, done_channel, queue_keys, queues_key, schedule_channel
 from ._mux import Handler
 from ._options import Resolved, check_options, new_task_id, resolve
 from ._task import State, TaskInfo, check_queue_name, from_ms
 from .errors import (
     AqueueError,
-    BrokerUnavailable,
     DuplicateTask,
     InvalidPayload,
     ResultTimeout,
@@ -401,8 +402,9 @@ class Client(Connected):
         """Wait for a task's final state and return its handler's return value.
 
         Raises ``TaskFailed`` (with the last error) if the task ended archived,
-        ``ResultTimeout`` after ``timeout`` seconds (``None`` waits without limit), and
-        ``AqueueError`` if the task keeps no result (``retention`` 0). Waits on pub/sub,
+        ``ResultTimeout`` after ``timeout`` seconds (``None`` waits without limit),
+        ``AqueueError`` if the task keeps no result (``retention`` 0), and
+        ``BrokerUnavailable`` if the server is lost while waiting. Waits on pub/sub,
         not by polling; ``on_progress`` is called with each ``ctx.progress`` value.
         """
         if isinstance(info_or_id, TaskInfo):
@@ -410,53 +412,57 @@ class Client(Connected):
         else:
             task_id = info_or_id
         check_queue_name(queue)
+        # A scope of our own, not fail_after: a TimeoutError raised inside (by
+        # on_progress, say) is not ours to turn into ResultTimeout.
+        with anyio.move_on_after(timeout):
+            return await self._wait_for(task_id, queue, on_progress)
+        raise ResultTimeout(
+            f"task {task_id!r} in queue {queue!r} did not finish within {timeout:g} s"
+        )
+
+    async def _wait_for(
+        self, task_id: str, queue: str, on_progress: Callable[[Any], Any] | None
+    ) -> Any:
+        """Read the task each time a notice names it, until it is final."""
         b = self._broker
-        inspector = Inspector(b.redis, timeout=b.timeout, prefix=b.prefix)
         pubsub = b.redis.pubsub(ignore_subscribe_messages=True)
-        mine = task_id.encode()
         try:
             # Subscribe first, then read: a notice sent in between is not missed.
             await b.run(functools.partial(pubsub.subscribe, done_channel(b.prefix, queue)))
-            with anyio.fail_after(timeout):
-                last_progress: Any = None
-                while True:
-                    task = await inspector.get_task(queue, task_id)
-                    if task.state == State.COMPLETED:
-                        return task.result
-                    if task.state == State.ARCHIVED:
-                        raise TaskFailed(
-                            f"task {task_id!r} in queue {queue!r} ended archived: "
-                            f"{task.last_error}",
-                            last_error=task.last_error,
-                        )
-                    if task.retention <= 0:
-                        raise AqueueError(
-                            f"task {task_id!r} keeps no result (retention 0): enqueue it with "
-                            "retention > 0 to wait for its result"
-                        )
-                    if on_progress is not None and task.progress != last_progress:
-                        last_progress = task.progress
-                        outcome = on_progress(task.progress)
-                        if inspect.isawaitable(outcome):
-                            await outcome
-                    while True:
-                        # The notice wakes us; the slow timeout only bounds the wait for
-                        # one lost while the subscription reconnected.
-                        message = await pubsub.get_message(timeout=_RESULT_RECHECK)
-                        if message is None:
-                            break
-                        ids = bytes(message["data"]).partition(b"|")[2]
-                        if mine in ids.split(b","):
-                            break
-        except TimeoutError as exc:
-            if isinstance(exc, (BrokerUnavailable, ResultTimeout)):
-                raise
-            raise ResultTimeout(
-                f"task {task_id!r} in queue {queue!r} did not finish within {timeout:g} s"
-            ) from None
+            last_progress: Any = None
+            while True:
+                task = await get_task(b, queue, task_id)
+                if task.state in (State.COMPLETED, State.ARCHIVED) or task.retention <= 0:
+                    return _final(task)
+                if on_progress is not None and task.progress != last_progress:
+                    last_progress = task.progress
+                    outcome = on_progress(task.progress)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                await self._notice(pubsub, task_id.encode())
         finally:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await _close_quietly(pubsub)
+
+    async def _notice(self, pubsub: PubSub, mine: bytes) -> None:
+        """Return when a notice names the task ``mine``, or after ``_RESULT_RECHECK``
+        seconds without one (a notice may be lost while redis-py reconnects the
+        subscription after a server restart).
+
+        Each read goes through ``Broker.run``, as every other call: a subscription
+        whose server is gone (redis-py's reconnect is refused) raises
+        ``BrokerUnavailable``, and one that hangs ends after the wait plus the
+        Client's timeout.
+        """
+        b = self._broker
+        read = functools.partial(pubsub.get_message, timeout=_RESULT_RECHECK)
+        while True:
+            message = await b.run(read, timeout=_RESULT_RECHECK + b.timeout)
+            if message is None:
+                return
+            ids = bytes(message["data"]).partition(b"|")[2]
+            if mine in ids.split(b","):
+                return
 
     async def cancel(self, queue: str, task_id: str) -> None:
         """Cancel a task, as ``Inspector.cancel`` does."""
@@ -471,6 +477,28 @@ def enqueue_keys(k: QueueKeys, *, unique: bool = False, cron: bool = False) -> t
     if cron:
         keys += (k.cron, k.cronlog)
     return keys
+
+
+def _final(task: TaskInfo) -> Any:
+    """What ``Client.result`` answers for a task that is final or keeps no result."""
+    if task.state == State.COMPLETED:
+        return task.result
+    if task.state == State.ARCHIVED:
+        raise TaskFailed(
+            f"task {task.id!r} in queue {task.queue!r} ended archived: {task.last_error}",
+            last_error=task.last_error,
+        )
+    raise AqueueError(
+        f"task {task.id!r} keeps no result (retention 0): enqueue it with retention > 0 "
+        "to wait for its result"
+    )
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    """Close a subscription. Its server may be gone: that is why the caller is leaving
+    (with ``BrokerUnavailable``), and a second error from the goodbye would hide it."""
+    with contextlib.suppress(rexc.RedisError, OSError):
+        await pubsub.aclose()
 
 
 def _check_payload(handler: Handler[Any, Any], payload: Any, data: bytes) -> None:

@@ -86,6 +86,40 @@ async def cancel_task(broker: Broker, queue: str, task_id: str) -> str:
     return text
 
 
+async def get_task(broker: Broker, queue: str, task_id: str) -> TaskInfo:
+    """One task as stored now; ``TaskNotFound`` if there is no such task. A function of
+    the Broker, so that ``Client.result`` reads through the Client's own Broker (its
+    errors name the Client's URL, its calls share the Client's watchdog)."""
+    check_queue_name(queue)
+    (task,) = await read_tasks(broker, [(queue, task_id)])
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
+    return task
+
+
+async def read_tasks(broker: Broker, refs: Sequence[tuple[str, str]]) -> list[TaskInfo | None]:
+    """Read many (queue, id) tasks in one round trip; ``None`` for a missing one."""
+    if not refs:
+        return []
+
+    async def read() -> list[Any]:
+        pipe = broker.redis.pipeline(transaction=False)
+        for queue, task_id in refs:
+            k = queue_keys(broker.prefix, queue)
+            for h in _TASK_HASHES:
+                pipe.hget(getattr(k, h), task_id)
+            for z in _TASK_SETS:
+                pipe.zscore(getattr(k, z), task_id)
+        return list(await pipe.execute())
+
+    replies = await broker.run(read)
+    n = len(_TASK_HASHES) + len(_TASK_SETS)
+    return [
+        _task_info(queue, task_id, replies[i * n : (i + 1) * n])
+        for i, (queue, task_id) in enumerate(refs)
+    ]
+
+
 class Inspector(Connected):
     """Looks into queues and repairs them. Connects lazily; usable without ``async with``.
 
@@ -247,17 +281,13 @@ class Inspector(Connected):
             ids.reverse()
         elif state == "active":
             ids = (await self._active_ids(k, ids))[start : stop + 1]
-        tasks = await self._read_tasks([(queue, i) for i in ids])
+        tasks = await read_tasks(self._broker, [(queue, i) for i in ids])
         # A task that moved on between the two reads is left out of this page.
         return [t for t in tasks if t is not None and t.state == state]
 
     async def get_task(self, queue: str, task_id: str) -> TaskInfo:
         """The task as stored now; ``TaskNotFound`` if there is no such task."""
-        check_queue_name(queue)
-        (task,) = await self._read_tasks([(queue, task_id)])
-        if task is None:
-            raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
-        return task
+        return await get_task(self._broker, queue, task_id)
 
     async def run_task(self, queue: str, task_id: str) -> None:
         """Move a scheduled, retry or archived task to pending, to run as soon as a
@@ -324,7 +354,7 @@ class Inspector(Connected):
         # A lease list has the newest claim on the left: read it from the right.
         refs = [(q, _text(i)) for (_, q), ids in zip(leases, held, strict=True) for i in ids[::-1]]
         owners = [w for (w, _), ids in zip(leases, held, strict=True) for _ in ids]
-        for w, task in zip(owners, await self._read_tasks(refs), strict=True):
+        for w, task in zip(owners, await read_tasks(self._broker, refs), strict=True):
             if task is not None and task.state == "active":
                 w.active.append(task)
         return sorted(workers, key=lambda w: (w.started_at, w.id))
@@ -394,29 +424,6 @@ class Inspector(Connected):
             return []
         states = await b.run(lambda: b.redis.hmget(k.states, ids))
         return [i for i, s in zip(ids, states, strict=True) if s and _text(s).startswith("@")]
-
-    async def _read_tasks(self, refs: Sequence[tuple[str, str]]) -> list[TaskInfo | None]:
-        """Read many (queue, id) tasks in one round trip; ``None`` for a missing one."""
-        if not refs:
-            return []
-        b = self._broker
-
-        async def read() -> list[Any]:
-            pipe = b.redis.pipeline(transaction=False)
-            for queue, task_id in refs:
-                k = queue_keys(b.prefix, queue)
-                for h in _TASK_HASHES:
-                    pipe.hget(getattr(k, h), task_id)
-                for z in _TASK_SETS:
-                    pipe.zscore(getattr(k, z), task_id)
-            return list(await pipe.execute())
-
-        replies = await b.run(read)
-        n = len(_TASK_HASHES) + len(_TASK_SETS)
-        return [
-            _task_info(queue, task_id, replies[i * n : (i + 1) * n])
-            for i, (queue, task_id) in enumerate(refs)
-        ]
 
     def _task_args(self, script: Script, queue: str) -> tuple[list[str], list[Any]]:
         """The keys of one of the admin scripts, and the arguments that follow the mode

@@ -126,3 +126,12 @@ class Peek:
 
     async def close(self) -> None:
         await self.r.aclose()
+
+
+def tail(text: str, lines: int = 50) -> str:
+    """The last ``lines`` lines of ``text`` (a log), after one saying how many were left
+    out: what a failure message or report shows of a log that may run to thousands."""
+    kept = text.splitlines()
+    if len(kept) <= lines:
+        return text
+    return f"[... {len(kept) - lines} earlier lines left out ...]\n" + "\n".join(kept[-lines:])

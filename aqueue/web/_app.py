@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import jinja2
+import redis.exceptions as rexc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -306,16 +307,26 @@ def _errors(dash: Dashboard) -> dict[Any, Callable[[Request, Exception], Awaitab
         return dash.problem(request, 404, str(exc))
 
     async def unavailable(request: Request, exc: Exception) -> Response:
+        if isinstance(exc.__cause__, rexc.ResponseError):  # it answered: full, busy, ...
+            return dash.problem(request, 503, f"the server could not serve this request: {exc}")
         return dash.problem(request, 503, f"the server is unreachable: {exc}")
 
     async def bad(request: Request, exc: Exception) -> Response:
         return dash.problem(request, 400, str(exc))
+
+    async def failed(request: Request, exc: Exception) -> Response:
+        # Lost connections and a server that cannot take commands now (OOM, LOADING, ...)
+        # are BrokerUnavailable already; what redis-py may still raise is a refusal of
+        # one command (READONLY, WRONGTYPE): a page that says so, not a 500.
+        return dash.problem(request, 503, f"the server could not serve this request: {exc}")
 
     return {
         QueueNotFound: not_found,
         TaskNotFound: not_found,
         BrokerUnavailable: unavailable,
         AqueueError: bad,
+        rexc.RedisError: failed,
+        rexc.RedisClusterException: failed,
     }
 
 

@@ -30,15 +30,17 @@ START_TIMEOUT = 20.0
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``check`` until it is true; fail the test, naming ``what``, after ``timeout``."""
-    try:
-        with anyio.fail_after(timeout):
-            while True:
-                if await check():
-                    return
-                await anyio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"not true after {timeout} s: {what}")
+    """Poll ``check`` until it is true; fail the test, naming ``what``, after ``timeout``.
+
+    The waits here end in ``move_on_after`` and fail after it, not in an ``except
+    TimeoutError``: a failure then reports one exception, not a chain of three.
+    """
+    with anyio.move_on_after(timeout):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(0.01)
+    pytest.fail(f"not true after {timeout} s: {what}")
 
 
 class WorkerProcess:
@@ -63,30 +65,26 @@ class WorkerProcess:
         self.popen.send_signal(sig)
 
     async def exit_code(self, timeout: float = START_TIMEOUT) -> int:
-        try:
-            with anyio.fail_after(timeout):
-                while True:
-                    code = self.popen.poll()
-                    if code is not None:
-                        return code
-                    await anyio.sleep(0.01)
-        except TimeoutError:
-            pytest.fail(f"worker {self.name} did not exit within {timeout} s:\n{self.stderr()}")
+        with anyio.move_on_after(timeout):
+            while True:
+                code = self.popen.poll()
+                if code is not None:
+                    return code
+                await anyio.sleep(0.01)
+        pytest.fail(f"worker {self.name} did not exit within {timeout} s; its log: {self.log}")
 
     async def wait_log(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
         """Wait until the worker's log matches ``pattern``."""
-        try:
-            with anyio.fail_after(timeout):
-                while not (match := re.search(pattern, self.stderr())):
-                    if not self.alive():
-                        pytest.fail(
-                            f"worker {self.name} exited ({self.popen.returncode}) before "
-                            f"logging {pattern!r}:\n{self.stderr()}"
-                        )
-                    await anyio.sleep(0.01)
-        except TimeoutError:
-            pytest.fail(f"worker {self.name} never logged {pattern!r}:\n{self.stderr()}")
-        return match
+        with anyio.move_on_after(timeout):
+            while not (match := re.search(pattern, self.stderr())):
+                if not self.alive():
+                    pytest.fail(
+                        f"worker {self.name} exited ({self.popen.returncode}) before "
+                        f"logging {pattern!r}; its log: {self.log}"
+                    )
+                await anyio.sleep(0.01)
+            return match
+        pytest.fail(f"worker {self.name} never logged {pattern!r}; its log: {self.log}")
 
     async def ready(self) -> WorkerProcess:
         """Wait until the worker holds its lease and serves its queues."""

@@ -34,7 +34,7 @@ import aqueue
 from aqueue._broker import SCRIPTS
 from aqueue.server import EmbeddedServer, free_port
 
-from ..helpers import text, wait_for
+from ..helpers import tail, text, wait_for
 from .net_app import DONE_KEY, LEASE_TTL, Work, work
 from .net_proxy import Proxy
 
@@ -68,7 +68,7 @@ class WorkerProcess:
 
     def assert_alive(self) -> None:
         code = self.process.returncode
-        assert code is None, f"the worker exited ({code}) mid-run; its log:\n{self.log()}"
+        assert code is None, f"the worker exited ({code}) mid-run; its log: {self.log_path}"
 
     async def wait_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> float:
         """Wait until ``text`` appears ``count`` times in the log; return the wait (s)."""
@@ -79,7 +79,7 @@ class WorkerProcess:
                     self.assert_alive()
                     await anyio.sleep(0.01)
         except TimeoutError:
-            pytest.fail(f"the worker did not log {text!r} x{count} in {timeout} s:\n{self.log()}")
+            pytest.fail(f"the worker did not log {text!r} x{count} in {timeout} s: {self.log_path}")
         return time.monotonic() - start
 
     async def stop(self) -> int:
@@ -89,7 +89,7 @@ class WorkerProcess:
             with anyio.fail_after(START_TIMEOUT):
                 return await self.process.wait()
         except TimeoutError:
-            pytest.fail(f"the worker did not stop after SIGTERM; its log:\n{self.log()}")
+            pytest.fail(f"the worker did not stop after SIGTERM; its log: {self.log_path}")
 
 
 @asynccontextmanager
@@ -194,7 +194,7 @@ async def wait_settled(
     except TimeoutError:
         pytest.fail(
             f"not settled after {timeout} s: {len(last.missing(ids))} of {len(ids)} never ran; "
-            f"{last.summary()}\nworker log:\n{w.log()}"
+            f"{last.summary()}; worker log: {w.log_path}"
         )
 
 
@@ -262,10 +262,10 @@ def check_outage_logged_once(log: str, during_outage: str) -> None:
     pooled connections gone stale with the old server must not be reported as a new
     outage: see ``test_client_works_again_at_once_after_the_server_restarts``.)
     """
-    assert during_outage.count(LOST) == 1, during_outage
-    assert during_outage.count(BACK) == 0, during_outage
-    assert log.count(LOST) == 1, log
-    assert log.count(BACK) == 1, log
+    assert during_outage.count(LOST) == 1, tail(during_outage)
+    assert during_outage.count(BACK) == 0, tail(during_outage)
+    assert log.count(LOST) == 1, tail(log)
+    assert log.count(BACK) == 1, tail(log)
 
 
 # -- the tests ---------------------------------------------------------------------------
@@ -370,10 +370,10 @@ async def test_cut_connections_lose_no_task_and_leave_none_active(tmp_path: Path
                 log = w.log()
             tg.cancel_scope.cancel()
     # The lease lapsed without the server's word: the worker gave up its handlers itself.
-    assert "could not renew the lease" in log, log
-    assert "lease lost, handler cancelled" in log, log
+    assert "could not renew the lease" in log, tail(log)
+    assert "lease lost, handler cancelled" in log, tail(log)
     returned = log.count("orphaned task(s)") + log.count("of lost workers")
-    assert returned, f"neither the audit nor the reaper returned anything:\n{log}"
+    assert returned, f"neither the audit nor the reaper returned anything:\n{tail(log)}"
     reruns = sum(1 for n in final.done.values() if n > 1)
     print(
         f"\nproxy cuts: {len(ids)} tasks, {in_flight} active at the long cut, connections "
@@ -418,8 +418,8 @@ async def test_acks_are_retried_for_as_long_as_the_lease_is_valid(tmp_path: Path
                 assert await w.stop() == 0
                 log = w.log()
             tg.cancel_scope.cancel()
-    assert "could not write" not in log, log
-    assert "could not renew" not in log, log
+    assert "could not write" not in log, tail(log)
+    assert "could not renew" not in log, tail(log)
     assert [i for i, n in final.done.items() if n > 1] == [], final.summary()
 
 
@@ -492,7 +492,7 @@ async def test_worker_survives_a_restart_that_lost_all_data(tmp_path: Path) -> N
                 await wait_settled(r, ids, w)
                 # The scripts the worker runs were loaded again into the new server.
                 shas = [SCRIPTS.claim.sha, SCRIPTS.ack.sha, SCRIPTS.heartbeat.sha]
-                assert await r.script_exists(*shas) == [True, True, True], w.log()
+                assert await r.script_exists(*shas) == [True, True, True], tail(w.log())
                 w.assert_alive()
                 assert await w.stop() == 0
                 await assert_released(r)
