@@ -9,7 +9,7 @@ from ._cron import CronEntry, CronRun
 from ._inspector import Inspector
 from ._mux import Context, Handler, Mux
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
-from ._worker import Worker
+from ._worker.worker import Worker
 from .errors import (
     AqueueError,
     BrokerUnavailable,

@@ -15,16 +15,6 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.client import PubSub
 
-from ._broker import (
-    DEFAULT_PREFIX,
-    DEFAULT_URL,
-    SCRIPTS,
-    Broker,
-    Call,
-    Connected,
-    ServerLike,
-    redacted,
-)
 from ._codec import (
     Body,
     decode_value,
@@ -34,9 +24,19 @@ from ._codec import (
     unique_digest,
 )
 from ._inspector import cancel_task, get_task
-from ._keys import QueueKeys, done_channel, queue_keys, queues_key, schedule_channel
 from ._mux import Handler
 from ._options import Resolved, check_options, new_task_id, resolve
+from ._redis.broker import (
+    DEFAULT_PREFIX,
+    DEFAULT_URL,
+    SCRIPTS,
+    Broker,
+    Call,
+    Connected,
+    ServerLike,
+    redacted,
+)
+from ._redis.keys import QueueKeys, done_channel, queue_keys, queues_key, schedule_channel
 from ._task import State, TaskInfo, check_queue_name, from_ms
 from .errors import (
     AqueueError,

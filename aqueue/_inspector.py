@@ -18,7 +18,9 @@ from typing import Any
 
 import redis.exceptions as rexc
 
-from ._broker import (
+from ._codec import decode_message, decode_value
+from ._cron import CronEntry
+from ._redis.broker import (
     DEFAULT_PREFIX,
     DEFAULT_URL,
     SCRIPTS,
@@ -28,9 +30,7 @@ from ._broker import (
     Script,
     ServerLike,
 )
-from ._codec import decode_message, decode_value
-from ._cron import CronEntry
-from ._keys import (
+from ._redis.keys import (
     QueueKeys,
     cancel_channel,
     done_channel,
@@ -499,7 +499,7 @@ class Inspector(Connected):
     async def cron_entries(self) -> list[CronEntry]:
         """Every cron schedule any worker runs, once each, with its spec, time zone,
         task, queue, next and last run, and recent history (newest first)."""
-        from ._scheduler import read_cron_entries  # the scheduler imports the client
+        from ._worker.scheduler import read_cron_entries  # the scheduler imports the client
 
         return await read_cron_entries(self._broker)
 

@@ -46,9 +46,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "aqueue.metrics needs prometheus-client: pip install 'aqueue[prometheus]'"
     ) from exc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike, redacted
 from ._inspector import Inspector
 from ._mux import Context
+from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike, redacted
 from ._task import QueueInfo, State, check_queue_name, seconds
 from .errors import AqueueError, BrokerUnavailable, QueueNotFound, Retry, Revoke, SkipRetry
 

@@ -19,10 +19,10 @@ import anyio
 import pytest
 import redis
 
-from ._keys import queue_keys
 from ._mux import Mux
+from ._redis.keys import queue_keys
 from ._server import EmbeddedServer
-from ._worker import Worker
+from ._worker.worker import Worker
 
 __all__ = ["EmbeddedServer", "aqueue_server_url", "aqueue_url", "drain"]
 

@@ -27,8 +27,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 import aqueue
-from aqueue._broker import DEFAULT_PREFIX
-from aqueue._keys import queue_keys
+from aqueue._redis.broker import DEFAULT_PREFIX
+from aqueue._redis.keys import queue_keys
 
 from . import tasks
 from .common import RAW_DONE, RAW_PENDING, RAW_PROCESSING

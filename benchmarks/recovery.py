@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from anyio.abc import Process
 
 import aqueue
-from aqueue._broker import DEFAULT_PREFIX
-from aqueue._keys import queue_keys
+from aqueue._redis.broker import DEFAULT_PREFIX
+from aqueue._redis.keys import queue_keys
 
 from .common import ROOT, Bench, Result
 from .recovery_app import CONCURRENCY, LEASE_TTL, slow

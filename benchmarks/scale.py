@@ -40,8 +40,8 @@ from anyio.abc import Process
 from redis.crc import key_slot
 
 import aqueue
-from aqueue._broker import DEFAULT_PREFIX
-from aqueue._keys import queue_keys, workers_key
+from aqueue._redis.broker import DEFAULT_PREFIX
+from aqueue._redis.keys import queue_keys, workers_key
 from aqueue.server import EmbeddedServer, free_port
 
 from .common import ROOT, Bench, Result

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from aqueue._broker import DEFAULT_PREFIX
-from aqueue._keys import queue_keys
+from aqueue._redis.broker import DEFAULT_PREFIX
+from aqueue._redis.keys import queue_keys
 from benchmarks.cli import WORKLOADS, select
 from benchmarks.common import percentile
 from benchmarks.scale import Target, spread

@@ -11,8 +11,8 @@ import pytest
 
 import aqueue
 from aqueue import Context, Mux, Worker
-from aqueue._broker import Broker
-from aqueue._scheduler import read_cron_entries
+from aqueue._redis.broker import Broker
+from aqueue._worker.scheduler import read_cron_entries
 
 from .helpers import wait_for
 

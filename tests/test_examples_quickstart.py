@@ -18,7 +18,7 @@ from typing import cast
 
 import redis
 
-from aqueue._keys import queue_keys
+from aqueue._redis.keys import queue_keys
 from aqueue.server import free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"

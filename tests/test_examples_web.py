@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from fastapi.testclient import TestClient
 
 import aqueue
-from aqueue._keys import queue_keys
+from aqueue._redis.keys import queue_keys
 
 from .helpers import wait_for
 

@@ -19,7 +19,7 @@ import aqueue
 from aqueue import Context, Inspector, Job, Mux, QueueInfo, Worker
 from aqueue import _inspector as inspector_module
 from aqueue._codec import decode_message, encode_message
-from aqueue._keys import done_channel, queue_keys
+from aqueue._redis.keys import done_channel, queue_keys
 from aqueue.server import EmbeddedServer
 from aqueue.testing import drain
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import aqueue
-from aqueue._broker import SCRIPTS, Broker
-from aqueue._keys import QueueKeys, queue_keys
+from aqueue._redis.broker import SCRIPTS, Broker
+from aqueue._redis.keys import QueueKeys, queue_keys
 
 from .helpers import text
 

@@ -180,7 +180,7 @@ def run_python(code: str) -> str:
     return out.stdout.strip()
 
 
-CORE = "aqueue, aqueue.testing, aqueue.server, aqueue._cli"
+CORE = "aqueue, aqueue.testing, aqueue.server, aqueue._cli.main"
 
 
 def test_importing_aqueue_loads_neither_opentelemetry_nor_prometheus() -> None:

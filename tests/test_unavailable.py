@@ -33,7 +33,7 @@ import redis
 from starlette.testclient import TestClient
 
 from aqueue import BrokerUnavailable, Client, Inspector, Job
-from aqueue._cli import build_parser
+from aqueue._cli.main import build_parser
 from aqueue.metrics import QueueCollector
 from aqueue.server import EmbeddedServer, free_port
 from aqueue.web import dashboard

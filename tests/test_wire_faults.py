@@ -21,8 +21,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import aqueue
-from aqueue import _wire
-from aqueue._endpoint import endpoint
+from aqueue._redis import wire as _wire
+from aqueue._redis.endpoint import endpoint
 from aqueue.server import EmbeddedServer, free_port
 
 from .helpers import wait_for

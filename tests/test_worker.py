@@ -13,7 +13,7 @@ import pytest
 
 import aqueue
 from aqueue import Context, Job, Mux, Worker
-from aqueue._runner import default_retry_delay
+from aqueue._worker.runner import default_retry_delay
 from aqueue.testing import drain
 
 from .helpers import Peek, wait_for

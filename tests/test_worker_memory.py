@@ -9,7 +9,7 @@ import pytest
 
 import aqueue
 from aqueue import Context, Mux
-from aqueue._runner import Claimed
+from aqueue._worker.runner import Claimed
 from aqueue.testing import drain
 
 pytestmark = pytest.mark.anyio

@@ -26,8 +26,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._broker import ServerLike
 from .._inspector import Inspector
+from .._redis.broker import ServerLike
 from ..errors import AqueueError, BrokerUnavailable, QueueNotFound, TaskNotFound
 from . import _format
 from ._security import CSRF_COOKIE, CSRF_FIELD, AuthMiddleware, Csrf, check_auth

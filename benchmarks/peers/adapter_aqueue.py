@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 
 import aqueue
-from aqueue._broker import DEFAULT_PREFIX
-from aqueue._keys import queue_keys
+from aqueue._redis.broker import DEFAULT_PREFIX
+from aqueue._redis.keys import queue_keys
 
 from ..tasks import Item, Stamp
 from .kit import PROBE, Producer, Settled

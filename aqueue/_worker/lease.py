@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import redis.exceptions as rexc
 
-from ._broker import SCRIPTS, Call, redacted
-from ._codec import encode_value
-from ._keys import (
+from .._codec import encode_value
+from .._redis.broker import SCRIPTS, Call, redacted
+from .._redis.keys import (
     QueueKeys,
     cancel_channel,
     done_channel,
@@ -37,11 +37,11 @@ from ._keys import (
     worker_key,
     workers_key,
 )
-from ._outage import waiting_helps
-from .errors import AqueueError, BrokerUnavailable
+from ..errors import AqueueError, BrokerUnavailable
+from .outage import waiting_helps
 
 if TYPE_CHECKING:
-    from ._worker import Worker
+    from .worker import Worker
 
 log = logging.getLogger("aqueue.worker")
 

@@ -38,7 +38,7 @@ from typing import Any, cast
 import hiredis
 import redis.exceptions as rexc
 
-from ._endpoint import Endpoint
+from .endpoint import Endpoint
 
 # Commands whose raw reply is what redis-py would return (no response callback).
 RAW_COMMANDS = frozenset({"EVALSHA", "PUBLISH", "SADD", "HSET", "ZADD", "LPUSH", "RPUSH", "BLMOVE"})

@@ -17,11 +17,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._codec import Body, decode_payload, decode_value, encode_value
-from ._deadline import deadline_scope
-from ._mux import Context, Mux, ProgressSink, _Entry
-from ._task import TaskInfo, from_ms
-from .errors import InvalidPayload, Retry, Revoke, SkipRetry
+from .._codec import Body, decode_payload, decode_value, encode_value
+from .._mux import Context, Mux, ProgressSink, _Entry
+from .._redis.deadline import deadline_scope
+from .._task import TaskInfo, from_ms
+from ..errors import InvalidPayload, Retry, Revoke, SkipRetry
 
 log = logging.getLogger("aqueue.worker")
 _NO_HEADERS: dict[str, str] = {}

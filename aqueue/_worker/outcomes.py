@@ -17,15 +17,15 @@ from typing import Any
 
 import anyio
 
-from ._broker import SCRIPTS, Call
-from ._claims import Claiming
-from ._codec import encode_value
-from ._keys import done_channel
-from ._lease import today
-from ._outage import MAX_BACKOFF
-from ._runner import Claimed, Outcome
-from ._state import log
-from .errors import BrokerUnavailable
+from .._codec import encode_value
+from .._redis.broker import SCRIPTS, Call
+from .._redis.keys import done_channel
+from ..errors import BrokerUnavailable
+from .claims import Claiming
+from .lease import today
+from .outage import MAX_BACKOFF
+from .runner import Claimed, Outcome
+from .state import log
 
 
 class Running(Claiming):

@@ -18,17 +18,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike
-from ._keys import QueueKeys, queue_keys
-from ._lease import LeaseKeeper
-from ._mux import Mux
-from ._outage import Outage
-from ._outcomes import Running
-from ._runner import IsFailure, OnError, RetryDelay, Runner
-from ._scheduler import Scheduler
-from ._state import BLOCK_SECONDS, log
-from ._task import check_queue_name, seconds
-from .errors import AqueueError, BrokerUnavailable
+from .._mux import Mux
+from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike
+from .._redis.keys import QueueKeys, queue_keys
+from .._task import check_queue_name, seconds
+from ..errors import AqueueError, BrokerUnavailable
+from .lease import LeaseKeeper
+from .outage import Outage
+from .outcomes import Running
+from .runner import IsFailure, OnError, RetryDelay, Runner
+from .scheduler import Scheduler
+from .state import BLOCK_SECONDS, log
 
 
 class Worker(Running):

@@ -19,10 +19,10 @@ import anyio
 import msgspec
 import redis.exceptions as rexc
 
-from ._broker import DEFAULT_URL, redacted
-from ._inspector import Inspector, cancel_task
-from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name
-from .errors import AqueueError, InvalidQueueName, QueueNotEmpty, QueueNotFound
+from .._inspector import Inspector, cancel_task
+from .._redis.broker import DEFAULT_URL, redacted
+from .._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name
+from ..errors import AqueueError, InvalidQueueName, QueueNotEmpty, QueueNotFound
 
 Command = Callable[[Inspector, argparse.Namespace], Awaitable[None]]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

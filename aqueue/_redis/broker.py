@@ -21,10 +21,11 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from . import _deadline, _wire
-from ._endpoint import endpoint
-from ._endpoint import redacted as redacted  # re-exported: metrics and the client use it
-from .errors import AqueueError, BrokerUnavailable
+from ..errors import AqueueError, BrokerUnavailable
+from . import deadline as _deadline
+from . import wire as _wire
+from .endpoint import endpoint
+from .endpoint import redacted as redacted  # re-exported: metrics and the client use it
 
 T = TypeVar("T")
 
@@ -57,9 +58,9 @@ _INCLUDE = "-- include: "
 
 
 class Script:
-    """A Lua script from ``_scripts/``, sent by SHA.
+    """A Lua script from ``lua/``, sent by SHA.
 
-    A line ``-- include: NAME`` is replaced by ``_scripts/lib/NAME.lua``: a script runs
+    A line ``-- include: NAME`` is replaced by ``lua/lib/NAME.lua``: a script runs
     alone on the server, so the Lua that several scripts share is pasted into each one
     here, from one file.
     """
@@ -68,7 +69,7 @@ class Script:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        folder = resources.files(__package__) / "_scripts"
+        folder = resources.files(__package__) / "lua"
         lines = (folder / f"{name}.lua").read_text().splitlines(keepends=True)
         self.source = "".join(
             (folder / "lib" / f"{line.removeprefix(_INCLUDE).strip()}.lua").read_text()

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from ._broker import Broker
-from ._keys import QueueKeys
-from ._outage import Outage
-from ._runner import Claimed, Runner
+from .._redis.broker import Broker
+from .._redis.keys import QueueKeys
+from .outage import Outage
+from .runner import Claimed, Runner
 
 if TYPE_CHECKING:
-    from ._lease import LeaseKeeper
+    from .lease import LeaseKeeper
 
 log = logging.getLogger("aqueue.worker")
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._broker import SCRIPTS, Broker, Call
-from ._client import Client, enqueue_keys
-from ._codec import decode_value, encode_value
-from ._cron import CronEntry, CronRun, CronSpec
-from ._keys import queue_keys, queues_key
-from ._task import DEFAULT_QUEUE, from_ms
-from .errors import BrokerUnavailable
+from .._client import Client, enqueue_keys
+from .._codec import decode_value, encode_value
+from .._cron import CronEntry, CronRun, CronSpec
+from .._redis.broker import SCRIPTS, Broker, Call
+from .._redis.keys import queue_keys, queues_key
+from .._task import DEFAULT_QUEUE, from_ms
+from ..errors import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from ._worker import Worker
+    from .worker import Worker
 
 log = logging.getLogger("aqueue.scheduler")
 

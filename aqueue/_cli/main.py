@@ -18,15 +18,15 @@ from typing import Any, NoReturn
 
 import anyio
 
-from . import _cli_admin
+from .._mux import Mux
+from .._worker.worker import Worker
+from ..errors import AqueueError
+from . import admin as _cli_admin
 
 # Argument types shared with the admin commands.
-from ._cli_admin import _count as _positive_int
-from ._cli_admin import _queue as _queue_name
-from ._cli_admin import _seconds as _positive_float
-from ._mux import Mux
-from ._worker import Worker
-from .errors import AqueueError
+from .admin import _count as _positive_int
+from .admin import _queue as _queue_name
+from .admin import _seconds as _positive_float
 
 log = logging.getLogger("aqueue.cli")
 
@@ -48,7 +48,7 @@ def _queue_weight(text: str) -> tuple[str, float]:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     try:
-        from .metrics import serve
+        from ..metrics import serve
     except ImportError as exc:  # a core install: say which extra is missing
         raise AqueueError(str(exc)) from None
     url = args.url or os.environ.get("AQUEUE_URL") or "redis://localhost:6379/0"
@@ -73,7 +73,7 @@ def cmd_dash(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .web import dashboard
+        from ..web import dashboard
     except ImportError as exc:  # a core install: say which extra is missing
         raise AqueueError(
             f"aqueue dash needs the web extra ({exc}): pip install 'aqueue[web]'"
@@ -265,7 +265,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("AQUEUE_URL")
     worker = make_worker(app, args, url)  # usage errors surface here, not in N children
     if args.processes is not None:
-        from ._supervisor import supervise
+        from .supervisor import supervise
 
         _use_uvloop(args.loop)  # a usage error surfaces here, not in N children
         return supervise(args.processes, args, worker.shutdown_timeout)
@@ -273,7 +273,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from ._server import EmbeddedServer
+    from .._server import EmbeddedServer
 
     app = load_app(args.app)
     with EmbeddedServer(args.port) as server:
@@ -283,7 +283,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

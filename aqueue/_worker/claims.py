@@ -19,11 +19,11 @@ from typing import Any
 
 import anyio
 
-from ._broker import SCRIPTS, Call
-from ._codec import decode_message
-from ._runner import Claimed
-from ._state import BLOCK_SECONDS, WorkerState, log
-from .errors import BrokerUnavailable
+from .._codec import decode_message
+from .._redis.broker import SCRIPTS, Call
+from ..errors import BrokerUnavailable
+from .runner import Claimed
+from .state import BLOCK_SECONDS, WorkerState, log
 
 
 class Claiming(WorkerState):

@@ -18,7 +18,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from .errors import AqueueError
+from ..errors import AqueueError
 
 # Query parameters aqueue's own connections honour; anything else is redis-py's alone.
 _QUERY = frozenset(
