@@ -9,12 +9,14 @@ from ._cron import CronEntry, CronRun
 from ._inspector import Inspector
 from ._mux import Context, Handler, Mux
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
+from ._version import __version__
 from ._worker.worker import Worker
 from .errors import (
     AqueueError,
     BrokerUnavailable,
     DuplicateTask,
     InvalidCron,
+    InvalidOption,
     InvalidPayload,
     InvalidQueueName,
     PayloadTooLarge,
@@ -24,12 +26,12 @@ from .errors import (
     Retry,
     Revoke,
     SkipRetry,
+    StateRefused,
     TaskFailed,
     TaskIdConflict,
     TaskNotFound,
+    UnsupportedServer,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AqueueError",
@@ -43,6 +45,7 @@ __all__ = [
     "Handler",
     "Inspector",
     "InvalidCron",
+    "InvalidOption",
     "InvalidPayload",
     "InvalidQueueName",
     "Job",
@@ -56,10 +59,12 @@ __all__ = [
     "Revoke",
     "SkipRetry",
     "State",
+    "StateRefused",
     "TaskFailed",
     "TaskIdConflict",
     "TaskInfo",
     "TaskNotFound",
+    "UnsupportedServer",
     "Worker",
     "WorkerInfo",
     "__version__",

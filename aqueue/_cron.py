@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from ._options import check_options
-from .errors import AqueueError, InvalidCron
+from .errors import InvalidCron, InvalidOption
 
 if TYPE_CHECKING:
     from croniter import croniter
@@ -100,13 +100,15 @@ class CronSpec:
     ) -> None:
         self.zone = check_spec(spec, tz)
         if not name or "|" in name:
-            raise AqueueError(f"cron entry name must be non-empty without '|', got {name!r}")
+            raise InvalidOption(f"cron entry name must be non-empty without '|', got {name!r}")
         if catch_up not in CATCH_UP:
-            raise AqueueError(f"catch_up must be one of {CATCH_UP}, got {catch_up!r}")
+            raise InvalidOption(f"catch_up must be one of {CATCH_UP}, got {catch_up!r}")
         if not isinstance(catch_up_max, int) or catch_up_max < 1:
-            raise AqueueError(f"catch_up_max must be an int >= 1, got {catch_up_max!r}")
+            raise InvalidOption(f"catch_up_max must be an int >= 1, got {catch_up_max!r}")
         if "task_id" in options:
-            raise AqueueError(f"cron entry {name!r} cannot fix a task_id: each tick is a new task")
+            raise InvalidOption(
+                f"cron entry {name!r} cannot fix a task_id: each tick is a new task"
+            )
         check_options(options, f"cron entry {name!r}")
         self.name = name
         self.spec = spec

@@ -1,8 +1,10 @@
 """Reading and repairing queues: ``Inspector``.
 
-Reads are pipelined plain commands: a consistent-enough snapshot for an operator, in
+Tasks, workers and cron entries are read by ``_reads`` (which ``Client.result`` shares)
+and a task is cancelled by ``_cancel`` (which ``Client.cancel`` shares); the rest is
+here. Reads are pipelined plain commands: a consistent-enough snapshot for an operator, in
 one or two round trips, never a scan of a whole queue. Every change is a Lua script
-that touches one queue (see ``_scripts/``), so no task is ever seen half moved. Bulk
+that touches one queue (see ``_redis/scripts``), so no task is ever seen half moved. Bulk
 changes (``run_all``, ``archive_all``, ``delete_all``) run their script on at most
 ``BULK_BATCH`` tasks per call, so a queue of a million tasks never holds the server for
 more than a few milliseconds at a time; other clients are served between batches.
@@ -18,106 +20,39 @@ from typing import Any
 
 import redis.exceptions as rexc
 
-from ._codec import decode_message, decode_value
+from ._cancel import cancel_task, publish_done
+from ._codec import decode_message
 from ._cron import CronEntry
-from ._redis.broker import (
-    DEFAULT_PREFIX,
-    DEFAULT_URL,
-    SCRIPTS,
-    Broker,
-    Call,
-    Connected,
-    Script,
-    ServerLike,
+from ._format import either
+from ._reads import get_task, read_cron_entries, read_tasks, read_workers, text
+from ._redis import scripts
+from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, Connected, ServerLike
+from ._redis.keys import Done, QueueKeys, queue_keys, queues_key
+from ._redis.scripts import Call, Mode
+from ._task import (
+    ACTION_STATES,
+    Action,
+    DailyStats,
+    QueueInfo,
+    State,
+    TaskInfo,
+    WorkerInfo,
+    check_queue_name,
 )
-from ._redis.keys import (
-    QueueKeys,
-    cancel_channel,
-    done_channel,
-    queue_keys,
-    queues_key,
-    worker_key,
-    workers_key,
-)
-from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name, from_ms
-from .errors import AqueueError, QueueNotEmpty, QueueNotFound, TaskNotFound
+from .errors import InvalidOption, QueueNotEmpty, QueueNotFound, StateRefused, TaskNotFound
 
 # Tasks moved per script call by the bulk operations.
 BULK_BATCH = 1000
 # Days of per-day counters kept in a queue's stats hash.
 HISTORY_DAYS = 90
 
-_RUN_NOW = Script("run_now")
-_ARCHIVE = Script("archive")
-_DELETE = Script("delete")
-_DROP_QUEUE = Script("drop_queue")
-_TRIM_STATS = Script("trim_stats")
-
 _STATES = tuple(s.value for s in State)
-_RUNNABLE = ("scheduled", "retry", "archived")
-_ARCHIVABLE = ("pending", "scheduled", "retry")
-_DELETABLE = ("pending", "scheduled", "retry", "archived", "completed")
-# Per task, get_task reads these hash fields, then these sorted-set scores.
-_TASK_HASHES = ("states", "tasks", "retried", "errors", "failed_at", "results", "progress")
-_TASK_SETS = ("scheduled", "retry", "completed")
-
-
-async def cancel_task(broker: Broker, queue: str, task_id: str) -> str:
-    """Cancel one task; return the state it was in. See cancel.lua."""
-    check_queue_name(queue)
-    k = queue_keys(broker.prefix, queue)
-    keys = (
-        k.states, k.pending, k.scheduled, k.retry, k.archived, k.errors, k.failed_at,
-        k.uniq, k.uniq_exp, k.tasks, k.cancels,
-    )  # fmt: skip
-    now = int(time.time() * 1000)
-    state = await broker.run(lambda: broker.script(SCRIPTS.cancel, keys, [now, task_id]))
-    if state is None:
-        raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
-    text = _text(state)
-    if text == "active":
-        # Wake the worker now; if it misses this, it finds the request at its next
-        # heartbeat, or the reaper archives the task if the worker is gone.
-        message = f"{queue}|{task_id}"
-        await broker.run(lambda: broker.redis.publish(cancel_channel(broker.prefix), message))
-    elif text in _ARCHIVABLE:
-        # Archived now: wake anyone waiting for its result.
-        await _notify(broker, queue, "archived", [task_id])
-    return text
-
-
-async def get_task(broker: Broker, queue: str, task_id: str) -> TaskInfo:
-    """One task as stored now; ``TaskNotFound`` if there is no such task. A function of
-    the Broker, so that ``Client.result`` reads through the Client's own Broker (its
-    errors name the Client's URL, its calls share the Client's watchdog)."""
-    check_queue_name(queue)
-    (task,) = await read_tasks(broker, [(queue, task_id)])
-    if task is None:
-        raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
-    return task
-
-
-async def read_tasks(broker: Broker, refs: Sequence[tuple[str, str]]) -> list[TaskInfo | None]:
-    """Read many (queue, id) tasks in one round trip; ``None`` for a missing one."""
-    if not refs:
-        return []
-
-    async def read() -> list[Any]:
-        pipe = broker.redis.pipeline(transaction=False)
-        for queue, task_id in refs:
-            k = queue_keys(broker.prefix, queue)
-            for h in _TASK_HASHES:
-                pipe.hget(getattr(k, h), task_id)
-            for z in _TASK_SETS:
-                pipe.zscore(getattr(k, z), task_id)
-        return list(await pipe.execute())
-
-    replies = await broker.run(read)
-    n = len(_TASK_HASHES) + len(_TASK_SETS)
-    return [
-        _task_info(queue, task_id, replies[i * n : (i + 1) * n])
-        for i, (queue, task_id) in enumerate(refs)
-    ]
+_RUNNABLE = ACTION_STATES[Action.RUN]
+_ARCHIVABLE = ACTION_STATES[Action.ARCHIVE]
+_DELETABLE = ACTION_STATES[Action.DELETE]
+# What the done notice of a task an operator moved says (run_now moves none to an end).
+_ENDED = {"archive": Done.ARCHIVED, "delete": Done.DELETED}
+_PAST = {"run": "run", "archive": "archived", "delete": "deleted"}
 
 
 class Inspector(Connected):
@@ -141,7 +76,7 @@ class Inspector(Connected):
         """Names of every queue a client or worker has used, sorted."""
         b = self._broker
         names = await b.run(lambda: b.redis.smembers(queues_key(b.prefix)))
-        return sorted(_text(n) for n in names)
+        return sorted(text(n) for n in names)
 
     async def queue_info(self, queue: str) -> QueueInfo:
         """Sizes per state, pause, today's and total counters, latency and memory."""
@@ -165,7 +100,7 @@ class Inspector(Connected):
         await self._check_known(queue, replies[:2])
         pending, scheduled, retry, archived, completed, paused = (int(x) for x in replies[2:8])
         p, f, p_today, f_today = (int(x or 0) for x in replies[8])
-        oldest, workers = replies[9], [_text(w) for w in replies[10]]
+        oldest, workers = replies[9], [text(w) for w in replies[10]]
         active, latency, memory = await self._estimates(k, oldest, [k.lease(w) for w in workers])
         return QueueInfo(
             queue=queue,
@@ -189,7 +124,7 @@ class Inspector(Connected):
         Counters are kept for ``HISTORY_DAYS`` days; older days read as zero."""
         check_queue_name(queue)
         if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650:
-            raise AqueueError(f"days must be an int from 1 to 3650, got {days!r}")
+            raise InvalidOption(f"days must be an int from 1 to 3650, got {days!r}")
         b = self._broker
         k = queue_keys(b.prefix, queue)
         dates = [_day(i) for i in range(days)]
@@ -234,14 +169,14 @@ class Inspector(Connected):
             lambda: b.scripts([], [*self._known_commands(queue), ("ZRANGE", k.leases, 0, -1)])
         )
         await self._check_known(queue, replies[:2])
-        leases = [k.lease(_text(w)) for w in replies[2]]
-        others = [key for key in _all_keys(k) if key not in (k.states, k.pending)]
-        keys = [k.states, k.pending, *others, *leases]
-        n = int(await b.run(lambda: b.script(_DROP_QUEUE, keys, ["1" if force else "0"])))
-        if n < 0:
+        call = scripts.drop_queue(k, [k.lease(text(w)) for w in replies[2]], force)
+        n = scripts.parse_drop_queue(await b.run(lambda: b.script(call)))
+        if n:
             raise QueueNotEmpty(
-                f"queue {queue!r} still holds {-n} task(s): delete them first, or pass "
-                "force=True to delete the queue with them"
+                f"queue {queue!r} still holds {n} task(s): delete them first, or pass "
+                "force=True to delete the queue with them",
+                queue=queue,
+                count=n,
             )
         await b.run(lambda: b.redis.srem(queues_key(b.prefix), queue))
 
@@ -260,7 +195,7 @@ class Inspector(Connected):
         state = _state(state)
         for name, value in (("page", page), ("size", size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise AqueueError(f"{name} must be an int >= 1, got {value!r}")
+                raise InvalidOption(f"{name} must be an int >= 1, got {value!r}")
         b = self._broker
         k = queue_keys(b.prefix, queue)
         start, stop = (page - 1) * size, page * size - 1
@@ -276,7 +211,7 @@ class Inspector(Connected):
             page_cmd = ("ZRANGE", getattr(k, state), start, stop, "REV")
         replies = await b.run(lambda: b.scripts([], [*self._known_commands(queue), page_cmd]))
         await self._check_known(queue, replies[:2])
-        ids = [_text(i) for i in replies[2]]
+        ids = [text(i) for i in replies[2]]
         if state == "pending":
             ids.reverse()
         elif state == "active":
@@ -293,17 +228,17 @@ class Inspector(Connected):
         """Move a scheduled, retry or archived task to pending, to run as soon as a
         worker is free. It keeps its retry count: an archived task whose retries are
         spent gets one more attempt."""
-        await self._one(_RUN_NOW, queue, task_id, "run", _RUNNABLE)
+        await self._one(queue, task_id, "run", _RUNNABLE)
 
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Archive a pending, scheduled or retry task without running it (no error is
         recorded; its unique lock is released). To stop an active task, ``cancel`` it."""
-        await self._one(_ARCHIVE, queue, task_id, "archive", _ARCHIVABLE)
+        await self._one(queue, task_id, "archive", _ARCHIVABLE)
 
     async def delete_task(self, queue: str, task_id: str) -> None:
         """Delete a task that is not active, with its result, error, progress and
         unique lock. To stop an active task, ``cancel`` it first."""
-        await self._one(_DELETE, queue, task_id, "delete", _DELETABLE)
+        await self._one(queue, task_id, "delete", _DELETABLE)
 
     async def cancel(self, queue: str, task_id: str) -> None:
         """Cancel a task: a waiting one is archived without running; a running one has
@@ -314,50 +249,28 @@ class Inspector(Connected):
     async def run_all(self, queue: str, state: str) -> int:
         """Move every scheduled, retry or archived task (per ``state``) to pending;
         return how many moved."""
-        return await self._bulk(_RUN_NOW, queue, state, "run", _RUNNABLE)
+        return await self._bulk(queue, state, "run", _RUNNABLE)
 
     async def archive_all(self, queue: str, state: str) -> int:
         """Archive every pending, scheduled or retry task (per ``state``); return how
         many were archived."""
-        return await self._bulk(_ARCHIVE, queue, state, "archive", _ARCHIVABLE)
+        return await self._bulk(queue, state, "archive", _ARCHIVABLE)
 
     async def delete_all(self, queue: str, state: str) -> int:
         """Delete every task in ``state`` (any state but active); return how many."""
-        return await self._bulk(_DELETE, queue, state, "delete", _DELETABLE)
+        return await self._bulk(queue, state, "delete", _DELETABLE)
 
     # -- workers -------------------------------------------------------------------------
 
     async def workers(self) -> list[WorkerInfo]:
         """Live workers, each with the tasks it is running now, oldest started first.
         A worker that died without a goodbye is gone once its lease expires."""
-        b = self._broker
-        now = int(time.time() * 1000)
-        ids = [
-            _text(i)
-            for i in await b.run(
-                lambda: b.redis.zrangebyscore(workers_key(b.prefix), f"({now}", "+inf")
-            )
-        ]
-        if not ids:
-            return []
-        # One GET each in a pipeline, not MGET: on a cluster the cards live on any node.
-        read = b.redis.pipeline(transaction=False)
-        for i in ids:
-            read.get(worker_key(b.prefix, i))
-        cards = await b.run(read.execute)
-        workers = [w for w in (_worker_info(card) for card in cards) if w is not None]
-        leases = [(w, q) for w in workers for q in w.queues]
-        pipe = b.redis.pipeline(transaction=False)
-        for w, q in leases:
-            pipe.lrange(queue_keys(b.prefix, q).lease(w.id), 0, -1)
-        held = await b.run(pipe.execute) if leases else []
-        # A lease list has the newest claim on the left: read it from the right.
-        refs = [(q, _text(i)) for (_, q), ids in zip(leases, held, strict=True) for i in ids[::-1]]
-        owners = [w for (w, _), ids in zip(leases, held, strict=True) for _ in ids]
-        for w, task in zip(owners, await read_tasks(self._broker, refs), strict=True):
-            if task is not None and task.state == "active":
-                w.active.append(task)
-        return sorted(workers, key=lambda w: (w.started_at, w.id))
+        return await read_workers(self._broker)
+
+    async def cron_entries(self) -> list[CronEntry]:
+        """Every cron schedule any worker runs, once each, with its spec, time zone,
+        task, queue, next and last run, and recent history (newest first)."""
+        return await read_cron_entries(self._broker)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -380,7 +293,7 @@ class Inspector(Connected):
         """Run ``commands`` in one round trip and, on the way, forget day counters older
         than ``HISTORY_DAYS`` (trim_stats.lua), except on a read-only replica."""
         b = self._broker
-        trim: Call = (_TRIM_STATS, (k.stats,), [_day(HISTORY_DAYS - 1)])
+        trim = scripts.trim_stats(k, _day(HISTORY_DAYS - 1))
         try:
             replies = await b.run(lambda: b.scripts([trim], commands))
         except rexc.ReadOnlyError:
@@ -397,7 +310,7 @@ class Inspector(Connected):
         pipe.hget(k.tasks, oldest or "")
         for lease in leases:
             pipe.llen(lease)
-        for key in [*_all_keys(k), *leases]:
+        for key in [*k.fixed(), *leases]:
             pipe.execute_command("MEMORY", "USAGE", key)
         # MEMORY may be disabled on a managed server: the estimate is then 0, not an error.
         replies = await b.run(lambda: pipe.execute(raise_on_error=False))
@@ -418,60 +331,51 @@ class Inspector(Connected):
             return []
         pipe = b.redis.pipeline(transaction=False)
         for w in workers:
-            pipe.lrange(k.lease(_text(w)), 0, -1)
-        ids = [_text(i) for held in await b.run(pipe.execute) for i in held[::-1]]
+            pipe.lrange(k.lease(text(w)), 0, -1)
+        ids = [text(i) for held in await b.run(pipe.execute) for i in held[::-1]]
         if not ids:
             return []
         states = await b.run(lambda: b.redis.hmget(k.states, ids))
-        return [i for i, s in zip(ids, states, strict=True) if s and _text(s).startswith("@")]
+        return [i for i, s in zip(ids, states, strict=True) if s and text(s).startswith("@")]
 
-    def _task_args(self, script: Script, queue: str) -> tuple[list[str], list[Any]]:
-        """The keys of one of the admin scripts, and the arguments that follow the mode
-        and the id or state."""
+    def _call(self, verb: str, queue: str, mode: Mode, target: str, limit: int = 0) -> Call:
+        """The call of the admin script for ``verb`` (run_now, archive or delete)."""
         k = queue_keys(self._broker.prefix, queue)
-        now = int(time.time() * 1000)
-        if script is _RUN_NOW:
-            return [k.states, k.pending, k.scheduled, k.retry, k.archived], []
-        if script is _ARCHIVE:
-            keys = [k.states, k.pending, k.scheduled, k.retry, k.archived, k.tasks, k.uniq]
-            return [*keys, k.uniq_exp], [now]
-        keys = [
-            k.states, k.pending, k.scheduled, k.retry, k.archived, k.completed, k.tasks,
-            k.retried, k.errors, k.failed_at, k.results, k.progress, k.uniq, k.uniq_exp,
-            k.cancels,
-        ]  # fmt: skip
-        return keys, []
+        if verb == "run":
+            return scripts.run_now(k, mode, target, limit)
+        if verb == "archive":
+            return scripts.archive(k, mode, target, int(time.time() * 1000), limit)
+        return scripts.delete(k, mode, target, limit)
 
-    async def _one(
-        self, script: Script, queue: str, task_id: str, verb: str, allowed: tuple[str, ...]
-    ) -> None:
+    async def _one(self, queue: str, task_id: str, verb: str, allowed: tuple[str, ...]) -> None:
         check_queue_name(queue)
         b = self._broker
-        keys, rest = self._task_args(script, queue)
-        reply = await b.run(lambda: b.script(script, keys, ["one", task_id, *rest]))
-        if reply is None:
+        call = self._call(verb, queue, "one", task_id)
+        before = scripts.parse_state(await b.run(lambda: b.script(call)))
+        if before is None:
             raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
-        before = _text(reply)
         if before.startswith("@"):
             before = "active"
         if before not in allowed:
             hint = ": cancel it instead" if before == "active" and verb != "run" else ""
-            raise AqueueError(
+            raise StateRefused(
                 f"cannot {verb} task {task_id!r} in queue {queue!r}: it is {before}; only "
-                f"{_either(allowed)} tasks can be {_past(verb)}{hint}"
+                f"{either(allowed)} tasks can be {_PAST[verb]}{hint}",
+                state=before,
+                allowed=allowed,
             )
-        if script is not _RUN_NOW:
-            await _notify(b, queue, "archived" if script is _ARCHIVE else "deleted", [task_id])
+        if verb != "run":
+            await publish_done(b, queue, _ENDED[verb], [task_id])
 
-    async def _bulk(
-        self, script: Script, queue: str, state: str, verb: str, allowed: tuple[str, ...]
-    ) -> int:
+    async def _bulk(self, queue: str, state: str, verb: str, allowed: tuple[str, ...]) -> int:
         check_queue_name(queue)
         state = _state(state)
         if state not in allowed:
-            raise AqueueError(
-                f"cannot {verb} all {state} tasks of queue {queue!r}: only {_either(allowed)} "
-                f"tasks can be {_past(verb)}"
+            raise StateRefused(
+                f"cannot {verb} all {state} tasks of queue {queue!r}: only {either(allowed)} "
+                f"tasks can be {_PAST[verb]}",
+                state=state,
+                allowed=allowed,
             )
         b = self._broker
         k = queue_keys(b.prefix, queue)
@@ -481,113 +385,26 @@ class Inspector(Connected):
         # Only what was there when the call began: a source that keeps filling up does
         # not keep the loop going.
         size = int(replies[2])
-        keys, rest = self._task_args(script, queue)
         moved = taken = 0
         while taken < size:
             limit = min(BULK_BATCH, size - taken)
-            call = functools.partial(b.script, script, keys, ["all", state, *rest, limit])
-            reply = await b.run(call)
-            moved += int(reply[0])
-            taken += int(reply[1])
-            if script is not _RUN_NOW and len(reply) > 2:
-                kind = "archived" if script is _ARCHIVE else "deleted"
-                await _notify(b, queue, kind, [_text(i) for i in reply[2:]])
-            if int(reply[1]) < limit:
+            call = self._call(verb, queue, "all", state, limit)
+            reply = scripts.parse_bulk(await b.run(functools.partial(b.script, call)))
+            moved += reply.moved
+            taken += reply.taken
+            if reply.ids:
+                await publish_done(b, queue, _ENDED[verb], reply.ids)
+            if reply.taken < limit:
                 break
         return moved
-
-    async def cron_entries(self) -> list[CronEntry]:
-        """Every cron schedule any worker runs, once each, with its spec, time zone,
-        task, queue, next and last run, and recent history (newest first)."""
-        from ._worker.scheduler import read_cron_entries  # the scheduler imports the client
-
-        return await read_cron_entries(self._broker)
-
-
-def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | None:
-    state, message, retried, error, failed_at, result, progress, sched, retry, done = replies
-    if state is None or message is None:
-        return None
-    max_retry, _, body = decode_message(message)
-    text = _text(state)
-    due = sched if text == "scheduled" else retry if text == "retry" else None
-    completed_at = None
-    if text == "completed" and isinstance(done, float):
-        completed_at = from_ms(int(done - body.retention * 1000))
-    return TaskInfo(
-        id=task_id,
-        queue=queue,
-        type=body.type,
-        payload=decode_value(body.payload),
-        state="active" if text.startswith("@") else text,
-        max_retry=max_retry,
-        retried=int(retried) if retried is not None else 0,
-        last_error=_text(error) if error is not None else None,
-        last_failed_at=from_ms(int(failed_at)) if failed_at is not None else None,
-        timeout=body.timeout or None,
-        deadline=from_ms(body.deadline),
-        next_process_at=from_ms(int(due)) if isinstance(due, float) else None,
-        completed_at=completed_at,
-        result=decode_value(result) if isinstance(result, bytes) else None,
-        enqueued_at=from_ms(body.enqueued_at),
-        retention=body.retention,
-        headers=body.headers or {},
-        progress=decode_value(progress) if isinstance(progress, bytes) else None,
-    )
-
-
-def _worker_info(card: bytes | str | None) -> WorkerInfo | None:
-    """A registry card (see ``_lease.LeaseKeeper._card``) as a ``WorkerInfo``; ``None``
-    when it expired between the two reads or cannot be read."""
-    if not isinstance(card, bytes):
-        return None
-    try:
-        data = decode_value(card)
-        queues = {str(q): float(w) for q, w in data["queues"].items()}
-        return WorkerInfo(
-            id=str(data["id"]),
-            host=str(data["host"]),
-            pid=int(data["pid"]),
-            queues=queues,
-            concurrency=int(data["concurrency"]),
-            started_at=from_ms(int(data["started_at"])) or datetime.now(UTC),
-        )
-    except Exception:  # a card written by another version: skip it, do not fail
-        return None
-
-
-async def _notify(broker: Broker, queue: str, kind: str, ids: list[str]) -> None:
-    """Tell ``Client.result`` waiters that these tasks reached a final state or are gone."""
-    if ids:
-        message = f"{kind}|{','.join(ids)}"
-        channel = done_channel(broker.prefix, queue)
-        await broker.run(lambda: broker.redis.publish(channel, message))
-
-
-def _all_keys(k: QueueKeys) -> list[str]:
-    """Every fixed key of the queue (lease lists are per worker: not included)."""
-    values = (getattr(k, name) for name in QueueKeys.__slots__ if name != "base")
-    return [v for v in values if isinstance(v, str) and v.startswith(k.base)]
 
 
 def _state(state: object) -> str:
     value = state.value if isinstance(state, State) else state
     if not isinstance(value, str) or value not in _STATES:
-        raise AqueueError(f"unknown task state {state!r}: use one of {', '.join(_STATES)}")
+        raise InvalidOption(f"unknown task state {state!r}: use one of {', '.join(_STATES)}")
     return value
 
 
 def _day(days_ago: int) -> str:
     return (datetime.now(UTC).date() - timedelta(days=days_ago)).isoformat()
-
-
-def _either(states: tuple[str, ...]) -> str:
-    return ", ".join(states[:-1]) + " or " + states[-1]
-
-
-def _past(verb: str) -> str:
-    return {"run": "run", "archive": "archived", "delete": "deleted"}[verb]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from ._cron import CronSpec, check_spec
 from ._options import OPTION_NAMES, check_options
-from .errors import AqueueError
+from .errors import InvalidOption
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -128,7 +128,7 @@ def _payload_type(name: str, fn: Callable[..., Any]) -> Any:
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as exc:
-        raise AqueueError(f"handler for {name!r} is not a function: {fn!r}") from exc
+        raise InvalidOption(f"handler for {name!r} is not a function: {fn!r}") from exc
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) not in (1, 2) or len(positional) != len(
         [
@@ -137,7 +137,7 @@ def _payload_type(name: str, fn: Callable[..., Any]) -> Any:
             if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         ]
     ):
-        raise AqueueError(
+        raise InvalidOption(
             f"handler for {name!r} must take (ctx) or (ctx, payload), "
             f"got {fn.__qualname__}{inspect.signature(fn)}"
         )
@@ -146,7 +146,7 @@ def _payload_type(name: str, fn: Callable[..., Any]) -> Any:
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:  # an unresolvable forward reference
-        raise AqueueError(
+        raise InvalidOption(
             f"cannot resolve the payload annotation of handler {name!r}: {exc}"
         ) from exc
     return hints.get(positional[1].name, Any)
@@ -215,7 +215,7 @@ class _CronDecorator:
             catch_up_max=self._catch_up_max,
         )
         if name in self._mux._cron:
-            raise AqueueError(f"cron entry {name!r} is already registered")
+            raise InvalidOption(f"cron entry {name!r} is already registered")
         handler = self._mux.handle(name, fn, **self._options)
         cron.task = handler
         self._mux._add_cron(cron)
@@ -246,11 +246,11 @@ class Mux:
     def handle(self, name: str, fn: Callable[..., Any], **options: Any) -> Handler[Any, Any]:
         """Register ``fn`` as the handler of ``name`` (see ``task``)."""
         if not isinstance(name, str) or not name:
-            raise AqueueError(f"task name must be a non-empty string, got {name!r}")
+            raise InvalidOption(f"task name must be a non-empty string, got {name!r}")
         unknown = set(options) - OPTION_NAMES
         if unknown or "task_id" in options:
             bad = sorted(unknown | ({"task_id"} & set(options)))
-            raise AqueueError(f"unknown handler option(s) {bad} for task {name!r}")
+            raise InvalidOption(f"unknown handler option(s) {bad} for task {name!r}")
         check_options(options, f"task {name!r}")
         handler: Handler[Any, Any] = Handler(name, fn, options)
         self._add(name, _Entry(handler, (self._middleware,)))
@@ -309,7 +309,7 @@ class Mux:
 
     def _add_cron(self, cron: CronSpec) -> None:
         if cron.name in self._cron:
-            raise AqueueError(f"cron entry {cron.name!r} is already registered")
+            raise InvalidOption(f"cron entry {cron.name!r} is already registered")
         self._cron[cron.name] = cron
 
     @property
@@ -319,27 +319,27 @@ class Mux:
     def use(self, middleware: Middleware) -> None:
         """Add middleware ``async def mw(ctx, call_next)``; the first added runs outermost."""
         if not callable(middleware):
-            raise AqueueError(f"middleware must be callable, got {middleware!r}")
+            raise InvalidOption(f"middleware must be callable, got {middleware!r}")
         self._middleware.append(middleware)
 
     def include(self, other: Mux) -> None:
         """Serve every handler of ``other`` too, wrapped in this mux's middleware
         and then ``other``'s own."""
         if other is self:
-            raise AqueueError("a Mux cannot include itself")
+            raise InvalidOption("a Mux cannot include itself")
         clash = sorted(set(self._entries) & set(other._entries))
         if clash:
-            raise AqueueError(f"task name(s) {clash} are registered in both muxes")
+            raise InvalidOption(f"task name(s) {clash} are registered in both muxes")
         clash = sorted(set(self._cron) & set(other._cron))
         if clash:
-            raise AqueueError(f"cron entry name(s) {clash} are registered in both muxes")
+            raise InvalidOption(f"cron entry name(s) {clash} are registered in both muxes")
         for name, entry in other._entries.items():
             self._add(name, _Entry(entry.handler, (self._middleware, *entry.chains)))
         self._cron.update(other._cron)
 
     def _add(self, name: str, entry: _Entry) -> None:
         if name in self._entries:
-            raise AqueueError(f"task name {name!r} is already registered")
+            raise InvalidOption(f"task name {name!r} is already registered")
         self._entries[name] = entry
         if name.endswith(":"):
             self._prefixes.append(name)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._task import DEFAULT_MAX_RETRY, DEFAULT_QUEUE, DEFAULT_TIMEOUT, aware, check_queue_name, to_ms
 from ._task import seconds as _seconds
-from .errors import AqueueError
+from .errors import InvalidOption
 
 OPTION_NAMES = frozenset(
     {
@@ -51,7 +51,7 @@ def check_options(opts: Mapping[str, Any], where: str) -> None:
     """Validate every option present in ``opts``; raise naming the bad value."""
     unknown = set(opts) - OPTION_NAMES
     if unknown:
-        raise AqueueError(f"unknown option(s) {sorted(unknown)} for {where}")
+        raise InvalidOption(f"unknown option(s) {sorted(unknown)} for {where}")
     for name, value in opts.items():
         if value is None:
             continue
@@ -59,21 +59,21 @@ def check_options(opts: Mapping[str, Any], where: str) -> None:
             check_queue_name(value)
         elif name == "max_retry":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise AqueueError(f"max_retry must be an int >= 0, got {value!r} ({where})")
+                raise InvalidOption(f"max_retry must be an int >= 0, got {value!r} ({where})")
         elif name in ("timeout", "unique", "process_in", "retention"):
             _seconds(value, f"{name} ({where})", allow_zero=name not in ("timeout", "unique"))
         elif name in ("deadline", "process_at"):
             aware(value, f"{name} ({where})")
         elif name == "task_id":
             if not isinstance(value, str) or not value or len(value) > 200 or "|" in value:
-                raise AqueueError(
+                raise InvalidOption(
                     f"task_id must be a non-empty string of at most 200 characters "
                     f"without '|', got {value!r} ({where})"
                 )
         elif name == "headers" and not _str_map(value):
-            raise AqueueError(f"headers must be a mapping of str to str, got {value!r} ({where})")
+            raise InvalidOption(f"headers must be a mapping of str to str, got {value!r} ({where})")
     if opts.get("process_in") is not None and opts.get("process_at") is not None:
-        raise AqueueError(f"give process_in or process_at, not both ({where})")
+        raise InvalidOption(f"give process_in or process_at, not both ({where})")
 
 
 _ID_BYTES = 12  # 16 characters of base64, no padding

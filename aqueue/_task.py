@@ -1,4 +1,5 @@
-"""The task model: public Structs (TaskInfo, QueueInfo, ...) and option normalisation.
+"""The task model: public Structs (TaskInfo, QueueInfo, ...), states and the actions
+each state allows, and option normalisation.
 
 Everything here is pure: no I/O. Times cross the API as timezone-aware UTC datetimes
 and live in Redis as integer epoch milliseconds; durations cross the API as seconds.
@@ -9,11 +10,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
 
-from .errors import AqueueError, InvalidQueueName
+from .errors import InvalidOption, InvalidQueueName
 
 __all__ = [
     "DailyStats",
@@ -39,6 +41,33 @@ class State(StrEnum):
     RETRY = "retry"
     ARCHIVED = "archived"
     COMPLETED = "completed"
+
+
+class Action(StrEnum):
+    """What an operator may do to a task: to one, or to every task of a queue in one
+    state (all but ``cancel``)."""
+
+    RUN = "run"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+    CANCEL = "cancel"
+
+
+# The states each action accepts: the one table behind the Inspector (which enforces
+# it), the CLI's choices and the dashboard's buttons. An active task is only ever
+# cancelled: its worker owns it. Cancel accepts a task that has not ended: a waiting one
+# is archived at once, an active one has its handler cancelled.
+ACTION_STATES: MappingProxyType[Action, tuple[State, ...]] = MappingProxyType({
+    Action.RUN: (State.SCHEDULED, State.RETRY, State.ARCHIVED),
+    Action.ARCHIVE: (State.PENDING, State.SCHEDULED, State.RETRY),
+    Action.DELETE: (State.PENDING, State.SCHEDULED, State.RETRY, State.ARCHIVED, State.COMPLETED),
+    Action.CANCEL: (State.PENDING, State.ACTIVE, State.SCHEDULED, State.RETRY),
+})  # fmt: skip
+
+
+def actions_for(state: str) -> tuple[Action, ...]:
+    """The actions a task in ``state`` accepts, in ``Action`` order."""
+    return tuple(a for a, states in ACTION_STATES.items() if state in states)
 
 
 class TaskInfo(msgspec.Struct, kw_only=True):
@@ -122,21 +151,21 @@ def seconds(value: object, what: str, *, allow_zero: bool = True) -> float:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         result = float(value)
     else:
-        raise AqueueError(f"{what} must be seconds (int, float or timedelta), got {value!r}")
+        raise InvalidOption(f"{what} must be seconds (int, float or timedelta), got {value!r}")
     if result != result or result in (float("inf"), float("-inf")):
-        raise AqueueError(f"{what} must be a finite number of seconds, got {value!r}")
+        raise InvalidOption(f"{what} must be a finite number of seconds, got {value!r}")
     if result < 0 or (result == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise AqueueError(f"{what} must be {bound} seconds, got {value!r}")
+        raise InvalidOption(f"{what} must be {bound} seconds, got {value!r}")
     return result
 
 
 def aware(value: object, what: str) -> datetime:
     """Check that ``value`` is a timezone-aware datetime and return it in UTC."""
     if not isinstance(value, datetime):
-        raise AqueueError(f"{what} must be a timezone-aware datetime, got {value!r}")
+        raise InvalidOption(f"{what} must be a timezone-aware datetime, got {value!r}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise AqueueError(
+        raise InvalidOption(
             f"{what} must be timezone-aware (naive datetimes are ambiguous), got {value!r}"
         )
     return value.astimezone(UTC)

@@ -31,8 +31,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("aqueue.tracing needs opentelemetry-api: pip install 'aqueue[otel]'") from exc
 
-from . import __version__
 from ._mux import Context
+from ._version import __version__
 from .errors import Revoke
 
 __all__ = ["TracingMiddleware", "traced_headers"]

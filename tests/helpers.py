@@ -13,7 +13,7 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
-from aqueue._redis.broker import parse_cluster_url
+from aqueue._redis.urls import parse_cluster_url
 
 CLUSTER_SCHEME = "redis+cluster://"
 

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 import aqueue
-from aqueue._redis.broker import check_url, parse_cluster_url
+from aqueue._redis.urls import check_url, parse_cluster_url
 
 from .clusters import Cluster, command
 from .helpers import araw_client, raw_client, text, wait_for

@@ -11,8 +11,8 @@ import pytest
 
 import aqueue
 from aqueue import Context, Mux, Worker
+from aqueue._reads import read_cron_entries
 from aqueue._redis.broker import Broker
-from aqueue._worker.scheduler import read_cron_entries
 
 from .helpers import wait_for
 
@@ -140,6 +140,24 @@ async def test_cron_task_schedules_an_existing_task_with_a_payload(url: str) -> 
     async with Worker(mux, url, queues=["reports"]):
         await wait_for(lambda: len(got) >= 1, timeout=5)
     assert got[0] == {"size": 3}
+
+
+async def test_a_delayed_cron_task_starts_on_time_on_an_idle_worker(url: str) -> None:
+    """A cron entry with ``process_in`` writes a scheduled task: the scheduler wakes every
+    worker's forwarder for it, as ``Client.enqueue`` does, so it starts at its due time
+    and not when an idle forwarder next looks (up to ``FORWARD_MAX_SLEEP`` later)."""
+    mux = Mux()
+    late: list[float] = []
+
+    @mux.cron("* * * * * *", name="delayed", process_in=1)
+    async def delayed(ctx: Context) -> None:
+        assert ctx.enqueued_at is not None
+        due = ctx.enqueued_at.timestamp() + 1  # the task's scheduled time
+        late.append(time.time() - due)
+
+    async with Worker(mux, url):  # its forwarder found nothing due: it sleeps its longest
+        await wait_for(lambda: len(late) >= 3, timeout=10)
+    assert all(-0.01 < s < 0.5 for s in late[:3]), late  # well under the forwarder's sleep
 
 
 async def test_no_scheduler_means_no_ticks(url: str) -> None:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 import aqueue
-from aqueue._worker.lease import server_version, too_old
+from aqueue._worker.boot import server_version, too_old
 from aqueue._worker.outage import FIRST_BACKOFF, MAX_BACKOFF, Outage, waiting_helps
 from aqueue.server import EmbeddedServer
 

@@ -13,7 +13,7 @@ SPEC_NAMES = {
     "WorkerInfo", "State", "AqueueError", "DuplicateTask", "TaskIdConflict", "TaskNotFound",
     "QueueNotFound", "InvalidPayload", "PayloadTooLarge", "TaskFailed", "InvalidQueueName",
     "InvalidCron", "ResultTimeout", "QueueNotEmpty", "BrokerUnavailable", "SkipRetry", "Retry",
-    "Revoke",
+    "Revoke", "InvalidOption",
 }  # fmt: skip
 
 

@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 
 import aqueue
-from aqueue._redis.broker import SCRIPTS, Broker
+from aqueue._redis import scripts
+from aqueue._redis.broker import Broker
 from aqueue._redis.keys import QueueKeys, queue_keys
 
 from .helpers import text
 
 pytestmark = pytest.mark.anyio
+
+
+DAY = "2026-01-01"
 
 
 def now() -> int:
@@ -30,33 +34,21 @@ class Q:
 
     async def register(self, wid: str, ttl_ms: int = 30_000) -> int:
         t = now()
-        result = await self.b.script(SCRIPTS.heartbeat, (self.k.leases,), [wid, t, t + ttl_ms])
+        result = await self.b.script(scripts.heartbeat(self.k, wid, t, t + ttl_ms))
         return int(result)
 
     async def claim(self, wid: str, n: int, moved: str = "") -> Any:
         k = self.k
-        keys = (k.pending, k.lease(wid), k.tasks, k.states, k.paused, k.leases, k.retried)
-        return await self.b.script(SCRIPTS.claim, keys, [n, wid, 0, now(), moved])
+        return await self.b.script(scripts.claim(k, k.lease(wid), n, wid, 0, now(), moved))
 
     async def reap(self, *wids: str) -> list[int]:
-        k = self.k
-        keys = (
-            k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-            k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, k.progress,
-            *(k.lease(w) for w in wids),
-        )  # fmt: skip
-        reply = await self.b.script(SCRIPTS.reap, keys, [now(), "2026-01-01", *wids])
-        return [int(x) for x in reply[:2]]
+        reply = scripts.parse_reap(await self.b.script(scripts.reap(self.k, wids, now(), DAY)))
+        return [reply.recovered, reply.archived]
 
     async def ack(self, wid: str, task_id: str, token: str) -> list[bytes]:
         k = self.k
-        keys = (
-            k.lease(wid), k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
-            k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
-        )  # fmt: skip
-        reply: list[bytes] = await self.b.script(
-            SCRIPTS.ack, keys, [now(), "2026-01-01", 1, task_id, token]
-        )
+        call = scripts.ack(k, k.lease(wid), now(), DAY, [task_id, token], [])
+        reply: list[bytes] = await self.b.script(call)
         return reply
 
     async def state(self, task_id: str) -> str | None:
@@ -184,10 +176,7 @@ async def test_forward_moves_due_tasks_and_reports_the_next_due_time(
     due_soon = await client.enqueue("t", process_in=0.05)
     later = await client.enqueue("t", process_in=60)
     time.sleep(0.06)  # noqa: ASYNC251 - the clock passing the due time is the point
-    k = q.k
-    moved, nxt = await q.b.script(
-        SCRIPTS.forward, (k.scheduled, k.retry, k.pending, k.states), [now(), 100]
-    )
+    moved, nxt = await q.b.script(scripts.forward(q.k, now(), 100))
     assert moved == 1
     assert later.next_process_at is not None
     assert abs(nxt - later.next_process_at.timestamp() * 1000) < 5
@@ -203,7 +192,7 @@ async def test_orphans_returns_unknown_ids_of_a_live_lease_and_keeps_held_ones(
     await q.register("w1")
     await q.claim("w1", 2)  # imagine the reply for `lost` never arrived
     k = q.k
-    n = await q.b.script(SCRIPTS.orphans, (k.lease("w1"), k.pending, k.states), [held.id])
+    n = await q.b.script(scripts.orphans(k, k.lease("w1"), [held.id]))
     assert n == 1
     assert [text(i) for i in await q.b.redis.lrange(k.lease("w1"), 0, -1)] == [held.id]
     assert await q.state(lost.id) == "pending"

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
 import aqueue
-from aqueue._redis.broker import check_url, parse_sentinel_url
+from aqueue._redis.urls import check_url, parse_sentinel_url
 from aqueue._server import EmbeddedServer, free_port, server_binary
 
 from .helpers import text, wait_for

@@ -23,8 +23,10 @@ import redis.asyncio as aioredis
 import aqueue
 from aqueue._redis import wire as _wire
 from aqueue._redis.endpoint import endpoint
+from aqueue._redis.scripts import SCRIPTS
 from aqueue.server import EmbeddedServer, free_port
 
+from .chaos.net_proxy import Proxy
 from .helpers import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -141,6 +143,61 @@ async def test_worker_rides_through_connections_killed_by_the_server(
         await r.aclose()
     lines = outage_lines(caplog)
     assert len(lines) <= 3 * 2, lines
+
+
+@pytest.mark.parametrize("outcome", ["ack", "fail"])
+async def test_an_outcome_whose_reply_was_lost_is_written_again_without_a_warning(
+    outcome: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server ran an ack (or a failure) but the connection dropped before its
+    reply: the retried write finds the tasks no longer active (the lost try moved
+    them on), and says so at INFO (one line per write), not in a warning per task."""
+    caplog.set_level(logging.DEBUG, logger="aqueue")
+    mux = aqueue.Mux()
+    ran: set[str] = set()
+
+    @mux.task("t")
+    async def t(ctx: aqueue.Context) -> None:
+        ran.add(ctx.task_id)
+        if outcome == "fail":
+            raise RuntimeError("boom")
+
+    script = SCRIPTS.ack if outcome == "ack" else SCRIPTS.fail
+    with EmbeddedServer() as server, anyio.fail_after(30):
+        # Loaded beforehand: the reply to lose is the script's, not a NOSCRIPT refusal.
+        r = aioredis.Redis.from_url(server.url)
+        try:
+            await r.script_load(script.source)
+        finally:
+            await r.aclose()
+        async with (
+            aqueue.Client(server.url) as client,
+            aqueue.Inspector(server.url) as inspector,
+            anyio.create_task_group() as tg,
+        ):
+            proxy = Proxy(server.port)
+            await tg.start(proxy.serve)
+            w = aqueue.Worker(mux, proxy.url, concurrency=20, lease_ttl=5, timeout=1)
+            async with anyio.create_task_group() as worker_tg:
+                worker_tg.start_soon(w.run)
+                proxy.lose_reply(script.sha.encode())
+                jobs = [aqueue.Job(t, retention=60) for _ in range(20)]
+                infos = await client.enqueue_many(jobs)
+                await wait_for(lambda: ran.issuperset(i.id for i in infos), timeout=10)
+                await wait_for(lambda: any("discarded" in m for m in caplog.messages))
+                state = "completed" if outcome == "ack" else "retry"
+                for info in infos:
+                    await wait_for(lambda: _state_is(inspector, info.id, state), timeout=10)  # noqa: B023
+                w.stop()
+            tg.cancel_scope.cancel()
+    assert proxy.marker is None, "no reply was lost"
+    late = [rec for rec in caplog.records if "discarded" in rec.getMessage()]
+    assert late
+    assert all(rec.levelno < logging.WARNING for rec in late), [x.getMessage() for x in late]
+
+
+async def _state_is(inspector: aqueue.Inspector, task_id: str, state: str) -> bool:
+    return (await inspector.get_task("default", task_id)).state == state
 
 
 async def test_client_enqueues_at_once_after_its_idle_connections_were_killed(

@@ -1,4 +1,4 @@
-"""The admin commands of ``aqueue``: ``stats``, ``queue``, ``task`` and ``workers``.
+"""The admin commands of ``aqueue``: ``stats``, ``workers``, ``cron``, ``queue`` and ``task``.
 
 Each command opens an ``Inspector`` on ``--url`` (else ``$AQUEUE_URL``, else the local
 default), prints an aligned table or ``key: value`` lines, or JSON with ``--json``, and
@@ -10,54 +10,40 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import anyio
 import msgspec
 import redis.exceptions as rexc
 
-from .._inspector import Inspector, cancel_task
+from .._cancel import cancel_task
+from .._format import duration_cell, either, size
+from .._inspector import Inspector
 from .._redis.broker import DEFAULT_URL, redacted
-from .._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo, check_queue_name
-from ..errors import AqueueError, InvalidQueueName, QueueNotEmpty, QueueNotFound
+from .._task import ACTION_STATES, Action, DailyStats, QueueInfo, State, TaskInfo
+from ..errors import AqueueError, QueueNotEmpty, QueueNotFound
+from .args import positive_int, positive_seconds, queue_name
+from .output import (
+    ago,
+    attempt,
+    fields,
+    last_error,
+    percent,
+    plural,
+    print_json,
+    report,
+    short,
+    table,
+    today,
+    weights,
+    when,
+)
 
 Command = Callable[[Inspector, argparse.Namespace], Awaitable[None]]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 STATES = [s.value for s in State]
-
-
-# -- argument types ------------------------------------------------------------------------
-
-
-def _queue(text: str) -> str:
-    try:
-        return check_queue_name(text)
-    except InvalidQueueName as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
 
 
 # -- the parser ----------------------------------------------------------------------------
@@ -69,7 +55,7 @@ def add_commands(sub: Subparsers) -> None:
     common.add_argument("--url", help=f"server URL (default: $AQUEUE_URL, else {DEFAULT_URL})")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     common.add_argument(
-        "--timeout", type=_seconds, default=5.0, help="seconds to wait for the server (5)"
+        "--timeout", type=positive_seconds, default=5.0, help="seconds to wait for the server (5)"
     )
 
     def leaf(parent: Subparsers, name: str, command: Command, help: str) -> argparse.ArgumentParser:
@@ -79,7 +65,7 @@ def add_commands(sub: Subparsers) -> None:
         return p
 
     def queue_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("queue", metavar="QUEUE", type=_queue, help="queue name")
+        p.add_argument("queue", metavar="QUEUE", type=queue_name, help="queue name")
 
     def state_arg(p: argparse.ArgumentParser, states: Sequence[str]) -> None:
         p.add_argument("state", metavar="STATE", choices=states, help=" | ".join(states))
@@ -96,7 +82,7 @@ def add_commands(sub: Subparsers) -> None:
     leaf(qsub, "ls", cmd_queue_ls, "list queue names")
     p = leaf(qsub, "show", cmd_queue_show, "show one queue's sizes, counters and daily history")
     queue_arg(p)
-    p.add_argument("--days", type=_count, default=7, help="days of history to show (7)")
+    p.add_argument("--days", type=positive_int, default=7, help="days of history to show (7)")
     queue_arg(leaf(qsub, "pause", cmd_queue_pause, "stop workers from claiming the queue's tasks"))
     queue_arg(leaf(qsub, "resume", cmd_queue_resume, "let workers claim the queue's tasks again"))
     p = leaf(qsub, "rm", cmd_queue_rm, "remove a queue and all its keys")
@@ -108,26 +94,27 @@ def add_commands(sub: Subparsers) -> None:
     p = leaf(tsub, "ls", cmd_task_ls, "list one page of a queue's tasks in one state")
     queue_arg(p)
     state_arg(p, STATES)
-    p.add_argument("--page", type=_count, default=1, help="page number, from 1 (1)")
-    p.add_argument("--size", type=_count, default=50, help="tasks per page (50)")
+    p.add_argument("--page", type=positive_int, default=1, help="page number, from 1 (1)")
+    p.add_argument("--size", type=positive_int, default=50, help="tasks per page (50)")
+    runnable, archivable = ACTION_STATES[Action.RUN], ACTION_STATES[Action.ARCHIVE]
     for name, command, help in (
         ("show", cmd_task_show, "show everything stored about one task"),
-        ("run", cmd_task_run, "run a scheduled, retry or archived task now"),
-        ("archive", cmd_task_archive, "archive a pending, scheduled or retry task"),
+        ("run", cmd_task_run, f"run a {either(runnable)} task now"),
+        ("archive", cmd_task_archive, f"archive a {either(archivable)} task"),
         ("rm", cmd_task_rm, "delete a task that is not active"),
         ("cancel", cmd_task_cancel, "cancel a task: a running one has its handler cancelled"),
     ):
         p = leaf(tsub, name, command, help)
         queue_arg(p)
         p.add_argument("id", metavar="ID", help="task id")
-    for name, command, states, help in (
-        ("run-all", cmd_task_run_all, ("scheduled", "retry", "archived"), "run"),
-        ("archive-all", cmd_task_archive_all, ("pending", "scheduled", "retry"), "archive"),
-        ("rm-all", cmd_task_rm_all, tuple(s for s in STATES if s != "active"), "delete"),
+    for name, command, action in (
+        ("run-all", cmd_task_run_all, Action.RUN),
+        ("archive-all", cmd_task_archive_all, Action.ARCHIVE),
+        ("rm-all", cmd_task_rm_all, Action.DELETE),
     ):
-        p = leaf(tsub, name, command, f"{help} every task of a queue in one state")
+        p = leaf(tsub, name, command, f"{action.value} every task of a queue in one state")
         queue_arg(p)
-        state_arg(p, states)
+        state_arg(p, [s.value for s in ACTION_STATES[action]])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,53 +147,53 @@ async def cmd_stats(i: Inspector, args: argparse.Namespace) -> None:
         except QueueNotFound:  # removed since it was listed
             continue
     if args.json:
-        return _json(infos)
+        return print_json(infos)
     workers = len(await i.workers())
     if not infos:
-        print(f"no queues yet; {_plural(workers, 'live worker')}")
+        print(f"no queues yet; {plural(workers, 'live worker')}")
         return
     headers = [
         "QUEUE", "PAUSED", "PENDING", "ACTIVE", "SCHEDULED", "RETRY", "ARCHIVED", "COMPLETED",
         "PROCESSED", "FAILED", "LATENCY", "MEMORY",
     ]  # fmt: skip
     rows = [_stats_row(q) for q in infos]
-    print(_table(headers, rows))
+    print(table(headers, rows))
     print()
     print(
-        f"PROCESSED and FAILED count attempts today ({_today()} UTC). "
-        f"LATENCY: how long the next pending task has waited. {_plural(workers, 'live worker')}."
+        f"PROCESSED and FAILED count attempts today ({today()} UTC). "
+        f"LATENCY: how long the next pending task has waited. {plural(workers, 'live worker')}."
     )
 
 
 def _stats_row(q: QueueInfo) -> list[object]:
-    latency = _duration(q.latency) if q.pending else "-"
+    latency = duration_cell(q.latency) if q.pending else "-"
     return [
         q.queue, "yes" if q.paused else "no", q.pending, q.active, q.scheduled, q.retry,
-        q.archived, q.completed, q.processed, q.failed, latency, _size(q.memory_bytes),
+        q.archived, q.completed, q.processed, q.failed, latency, size(q.memory_bytes),
     ]  # fmt: skip
 
 
 async def cmd_workers(i: Inspector, args: argparse.Namespace) -> None:
     workers = await i.workers()
     if args.json:
-        return _json(workers)
+        return print_json(workers)
     if not workers:
         print("no live workers")
         return
-    print(_table(
+    print(table(
         ["WORKER", "HOST", "PID", "QUEUES", "CONCURRENCY", "ACTIVE", "STARTED"],
         [
-            [w.id, w.host, w.pid, _weights(w), w.concurrency, len(w.active), _ago(w.started_at)]
+            [w.id, w.host, w.pid, weights(w), w.concurrency, len(w.active), ago(w.started_at)]
             for w in workers
         ],
     ))  # fmt: skip
     active = [(w, t) for w in workers for t in w.active]
     if active:
         print()
-        print(_table(
+        print(table(
             ["WORKER", "QUEUE", "TASK", "TYPE", "ATTEMPT", "ENQUEUED", "PAYLOAD"],
             [
-                [w.id, t.queue, t.id, t.type, _attempt(t), _ago(t.enqueued_at), _short(t.payload)]
+                [w.id, t.queue, t.id, t.type, attempt(t), ago(t.enqueued_at), short(t.payload)]
                 for w, t in active
             ],
         ))  # fmt: skip
@@ -215,14 +202,14 @@ async def cmd_workers(i: Inspector, args: argparse.Namespace) -> None:
 async def cmd_cron_ls(i: Inspector, args: argparse.Namespace) -> None:
     entries = await i.cron_entries()
     if args.json:
-        return _json(entries)
+        return print_json(entries)
     if not entries:
         print("no cron schedules (a worker registers its mux's schedules when it starts)")
         return
-    print(_table(
+    print(table(
         ["SCHEDULE", "SPEC", "TZ", "TASK", "QUEUE", "NEXT RUN", "LAST RUN", "LAST TASK"],
         [
-            [e.name, e.spec, e.tz, e.task, e.queue, _when(e.next_run), _when(e.last_run),
+            [e.name, e.spec, e.tz, e.task, e.queue, when(e.next_run), when(e.last_run),
              e.history[0].task_id if e.history else "-"]
             for e in entries
         ],
@@ -232,7 +219,7 @@ async def cmd_cron_ls(i: Inspector, args: argparse.Namespace) -> None:
 async def cmd_queue_ls(i: Inspector, args: argparse.Namespace) -> None:
     names = await i.queues()
     if args.json:
-        return _json(names)
+        return print_json(names)
     for name in names:
         print(name)
 
@@ -241,11 +228,11 @@ async def cmd_queue_show(i: Inspector, args: argparse.Namespace) -> None:
     q: QueueInfo = await i.queue_info(args.queue)
     days: list[DailyStats] = await i.history(args.queue, args.days)
     if args.json:
-        return _json({**msgspec.structs.asdict(q), "history": days})
-    print(_fields([
+        return print_json({**msgspec.structs.asdict(q), "history": days})
+    print(fields([
         ("queue", q.queue),
         ("paused", "yes: workers claim nothing from it" if q.paused else "no"),
-        ("pending", f"{q.pending} (the next has waited {_duration(q.latency)})"
+        ("pending", f"{q.pending} (the next has waited {duration_cell(q.latency)})"
                     if q.pending else "0"),
         ("active", q.active),
         ("scheduled", q.scheduled),
@@ -254,44 +241,48 @@ async def cmd_queue_show(i: Inspector, args: argparse.Namespace) -> None:
         ("completed", q.completed),
         ("processed", f"{q.processed} today, {q.processed_total} in total"),
         ("failed", f"{q.failed} today, {q.failed_total} in total"),
-        ("memory", f"{_size(q.memory_bytes)} (estimate)"),
+        ("memory", f"{size(q.memory_bytes)} (estimate)"),
     ]))  # fmt: skip
     print()
-    print(_table(
+    print(table(
         ["DATE (UTC)", "PROCESSED", "FAILED", "FAILED %"],
-        [[d.date, d.processed, d.failed, _percent(d.failed, d.processed)] for d in days],
+        [[d.date, d.processed, d.failed, percent(d.failed, d.processed)] for d in days],
     ))  # fmt: skip
 
 
 async def cmd_queue_pause(i: Inspector, args: argparse.Namespace) -> None:
     await i.pause(args.queue)
-    _done(args, {"queue": args.queue, "paused": True}, f"queue {args.queue!r} paused")
+    report(args, {"queue": args.queue, "paused": True}, f"queue {args.queue!r} paused")
 
 
 async def cmd_queue_resume(i: Inspector, args: argparse.Namespace) -> None:
     await i.resume(args.queue)
-    _done(args, {"queue": args.queue, "paused": False}, f"queue {args.queue!r} resumed")
+    report(args, {"queue": args.queue, "paused": False}, f"queue {args.queue!r} resumed")
 
 
 async def cmd_queue_rm(i: Inspector, args: argparse.Namespace) -> None:
     try:
         await i.delete_queue(args.queue, force=args.force)
     except QueueNotEmpty as exc:
-        held = str(exc).partition(":")[0]  # "queue 'x' still holds N task(s)"
-        raise QueueNotEmpty(f"{held}: add --force to remove the queue with them") from None
-    _done(args, {"queue": args.queue, "deleted": True}, f"queue {args.queue!r} removed")
+        raise QueueNotEmpty(
+            f"queue {args.queue!r} still holds {exc.count} task(s): add --force to remove "
+            "the queue with them",
+            queue=args.queue,
+            count=exc.count,
+        ) from None
+    report(args, {"queue": args.queue, "deleted": True}, f"queue {args.queue!r} removed")
 
 
 async def cmd_task_ls(i: Inspector, args: argparse.Namespace) -> None:
     tasks = await i.list_tasks(args.queue, args.state, page=args.page, size=args.size)
     if args.json:
-        return _json(tasks)
+        return print_json(tasks)
     if not tasks:
         where = f" on page {args.page}" if args.page > 1 else ""
         print(f"no {args.state} tasks in queue {args.queue!r}{where}")
         return
     headers, row = _LISTINGS[args.state]
-    print(_table(["ID", "TYPE", *headers], [[t.id, t.type, *row(t)] for t in tasks]))
+    print(table(["ID", "TYPE", *headers], [[t.id, t.type, *row(t)] for t in tasks]))
     if len(tasks) == args.size:
         print(f"\npage {args.page}; next: --page {args.page + 1}")
 
@@ -299,36 +290,36 @@ async def cmd_task_ls(i: Inspector, args: argparse.Namespace) -> None:
 async def cmd_task_show(i: Inspector, args: argparse.Namespace) -> None:
     t = await i.get_task(args.queue, args.id)
     if args.json:
-        return _json(t)
-    print(_fields([
+        return print_json(t)
+    print(fields([
         ("id", t.id),
         ("queue", t.queue),
         ("type", t.type),
         ("state", t.state),
-        ("payload", _short(t.payload, 2000)),
+        ("payload", short(t.payload, 2000)),
         ("retried", f"{t.retried} of at most {t.max_retry}"),
         ("last error", t.last_error or "-"),
-        ("last failed", _when(t.last_failed_at)),
-        ("enqueued", _when(t.enqueued_at)),
-        ("next run", _when(t.next_process_at)),
+        ("last failed", when(t.last_failed_at)),
+        ("enqueued", when(t.enqueued_at)),
+        ("next run", when(t.next_process_at)),
         ("timeout", f"{t.timeout:g} s" if t.timeout else "-"),
-        ("deadline", _when(t.deadline)),
+        ("deadline", when(t.deadline)),
         ("retention", f"{t.retention:g} s" if t.retention else "-"),
-        ("completed", _when(t.completed_at)),
-        ("result", _short(t.result, 2000) if t.state == "completed" else "-"),
-        ("progress", _short(t.progress, 2000) if t.progress is not None else "-"),
+        ("completed", when(t.completed_at)),
+        ("result", short(t.result, 2000) if t.state == State.COMPLETED else "-"),
+        ("progress", short(t.progress, 2000) if t.progress is not None else "-"),
         ("headers", ", ".join(f"{k}={v}" for k, v in t.headers.items()) or "-"),
     ]))  # fmt: skip
 
 
 async def cmd_task_run(i: Inspector, args: argparse.Namespace) -> None:
     await i.run_task(args.queue, args.id)
-    _moved(args, "pending", "pending: it runs as soon as a worker is free")
+    _moved(args, State.PENDING, "pending: it runs as soon as a worker is free")
 
 
 async def cmd_task_archive(i: Inspector, args: argparse.Namespace) -> None:
     await i.archive_task(args.queue, args.id)
-    _moved(args, "archived", "archived")
+    _moved(args, State.ARCHIVED, "archived")
 
 
 async def cmd_task_rm(i: Inspector, args: argparse.Namespace) -> None:
@@ -338,28 +329,28 @@ async def cmd_task_rm(i: Inspector, args: argparse.Namespace) -> None:
 
 async def cmd_task_cancel(i: Inspector, args: argparse.Namespace) -> None:
     before = await cancel_task(i.broker, args.queue, args.id)
-    if before == "active":
-        _moved(args, "active", "cancel requested: its handler is being cancelled and the task "
+    if before == State.ACTIVE:
+        _moved(args, before, "cancel requested: its handler is being cancelled and the task "
                "will be archived as cancelled")  # fmt: skip
-    elif before in ("completed", "archived"):
+    elif before not in ACTION_STATES[Action.CANCEL]:  # it has ended already
         _moved(args, before, f"already {before}: nothing to cancel")
     else:
-        _moved(args, "archived", f"archived as cancelled (it was {before})")
+        _moved(args, State.ARCHIVED, f"archived as cancelled (it was {before})")
 
 
 async def cmd_task_run_all(i: Inspector, args: argparse.Namespace) -> None:
     n = await i.run_all(args.queue, args.state)
-    _bulk(args, n, f"moved {_plural(n, args.state + ' task')} of queue {args.queue!r} to pending")
+    _bulk(args, n, f"moved {plural(n, args.state + ' task')} of queue {args.queue!r} to pending")
 
 
 async def cmd_task_archive_all(i: Inspector, args: argparse.Namespace) -> None:
     n = await i.archive_all(args.queue, args.state)
-    _bulk(args, n, f"archived {_plural(n, args.state + ' task')} of queue {args.queue!r}")
+    _bulk(args, n, f"archived {plural(n, args.state + ' task')} of queue {args.queue!r}")
 
 
 async def cmd_task_rm_all(i: Inspector, args: argparse.Namespace) -> None:
     n = await i.delete_all(args.queue, args.state)
-    _bulk(args, n, f"deleted {_plural(n, args.state + ' task')} of queue {args.queue!r}")
+    _bulk(args, n, f"deleted {plural(n, args.state + ' task')} of queue {args.queue!r}")
 
 
 # -- output --------------------------------------------------------------------------------
@@ -368,137 +359,37 @@ Row = Callable[[TaskInfo], list[object]]
 
 # Per state, the columns of ``task ls`` after ID and TYPE.
 _LISTINGS: dict[str, tuple[list[str], Row]] = {
-    "pending": (
+    State.PENDING: (
         ["ATTEMPT", "ENQUEUED", "PAYLOAD"],
-        lambda t: [_attempt(t), _ago(t.enqueued_at), _short(t.payload)],
+        lambda t: [attempt(t), ago(t.enqueued_at), short(t.payload)],
     ),
-    "active": (
+    State.ACTIVE: (
         ["ATTEMPT", "ENQUEUED", "PROGRESS", "PAYLOAD"],
-        lambda t: [_attempt(t), _ago(t.enqueued_at), _short(t.progress), _short(t.payload)],
+        lambda t: [attempt(t), ago(t.enqueued_at), short(t.progress), short(t.payload)],
     ),
-    "scheduled": (
+    State.SCHEDULED: (
         ["RUNS", "PAYLOAD"],
-        lambda t: [_ago(t.next_process_at), _short(t.payload)],
+        lambda t: [ago(t.next_process_at), short(t.payload)],
     ),
-    "retry": (
+    State.RETRY: (
         ["RETRIED", "NEXT TRY", "LAST ERROR"],
-        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.next_process_at), _error(t)],
+        lambda t: [f"{t.retried}/{t.max_retry}", ago(t.next_process_at), last_error(t)],
     ),
-    "archived": (
+    State.ARCHIVED: (
         ["RETRIED", "FAILED", "LAST ERROR"],
-        lambda t: [f"{t.retried}/{t.max_retry}", _ago(t.last_failed_at), _error(t)],
+        lambda t: [f"{t.retried}/{t.max_retry}", ago(t.last_failed_at), last_error(t)],
     ),
-    "completed": (
+    State.COMPLETED: (
         ["COMPLETED", "RESULT"],
-        lambda t: [_ago(t.completed_at), _short(t.result)],
+        lambda t: [ago(t.completed_at), short(t.result)],
     ),
 }
 
 
-def _json(value: object) -> None:
-    data = msgspec.json.encode(value, enc_hook=repr)
-    sys.stdout.write(msgspec.json.format(data, indent=2).decode() + "\n")
-
-
-def _done(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    if args.json:
-        _json(data)
-    else:
-        print(text)
-
-
 def _moved(args: argparse.Namespace, state: str, text: str) -> None:
     data = {"queue": args.queue, "id": args.id, "state": state}
-    _done(args, data, f"task {args.id!r} in queue {args.queue!r}: {text}")
+    report(args, data, f"task {args.id!r} in queue {args.queue!r}: {text}")
 
 
 def _bulk(args: argparse.Namespace, n: int, text: str) -> None:
-    _done(args, {"queue": args.queue, "state": args.state, "moved": n}, text)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned columns; numbers right-aligned, everything else left-aligned."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[n]) for r in cells)) for n, h in enumerate(headers)]
-    numeric = [
-        bool(rows) and all(isinstance(row[n], int) for row in rows) for n in range(len(headers))
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in cells)])
-
-
-def _fields(pairs: Sequence[tuple[str, object]]) -> str:
-    width = max(len(k) for k, _ in pairs) + 1
-    return "\n".join(f"{(k + ':').ljust(width)}  {v}" for k, v in pairs)
-
-
-def _short(value: object, limit: int = 40) -> str:
-    if value is None:
-        return "-"
-    text = value if isinstance(value, str) else msgspec.json.encode(value, enc_hook=repr).decode()
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _error(t: TaskInfo) -> str:
-    """The last error, first line only: the table's last column, so it may run long."""
-    return _short((t.last_error or "").split("\n")[0] or None, 90)
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}{(s % size) // sub_size:02d}{sub}"
-    return f"{s // 60}m{s % 60:02d}s"
-
-
-def _ago(when: datetime | None) -> str:
-    if when is None:
-        return "-"
-    delta = (datetime.now(UTC) - when).total_seconds()
-    return f"{_duration(delta)} ago" if delta >= 0 else f"in {_duration(-delta)}"
-
-
-def _when(when: datetime | None) -> str:
-    if when is None:
-        return "-"
-    return f"{when.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_ago(when)})"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
-
-
-def _attempt(t: TaskInfo) -> str:
-    return f"{t.retried + 1}/{t.max_retry + 1}"
-
-
-def _weights(w: WorkerInfo) -> str:
-    return ",".join(f"{q}={weight:g}" for q, weight in w.queues.items())
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _today() -> str:
-    return datetime.now(UTC).date().isoformat()
+    report(args, {"queue": args.queue, "state": args.state, "moved": n}, text)

@@ -1,5 +1,5 @@
 """The ``aqueue`` command: ``worker``, ``dev``, ``metrics`` and ``dash`` here, the admin
-commands (``stats``, ``queue``, ``task``, ``workers``) in ``_cli_admin``.
+commands (``stats``, ``queue``, ``task``, ``workers``, ``cron``) in ``admin``.
 
 Exit codes: 0 ok, 1 error (server unreachable, ...), 2 usage (bad arguments, a
 MODULE:ATTR that does not name a Mux or Worker).
@@ -19,31 +19,17 @@ from typing import Any, NoReturn
 import anyio
 
 from .._mux import Mux
+from .._version import __version__
 from .._worker.worker import Worker
 from ..errors import AqueueError
-from . import admin as _cli_admin
-
-# Argument types shared with the admin commands.
-from .admin import _count as _positive_int
-from .admin import _queue as _queue_name
-from .admin import _seconds as _positive_float
+from . import admin
+from .args import log_level, positive_int, positive_seconds, queue_name, queue_weight
 
 log = logging.getLogger("aqueue.cli")
 
 
 class UsageError(Exception):
     pass
-
-
-def _queue_weight(text: str) -> tuple[str, float]:
-    name, sep, weight = text.partition("=")
-    try:
-        value = float(weight) if sep else 1.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"weight of queue {name!r} must be a number, got {weight!r}"
-        ) from None
-    return name, value
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -101,28 +87,20 @@ def cmd_dash(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_level(text: str) -> str:
-    if not isinstance(logging.getLevelName(text.upper()), int):
-        raise argparse.ArgumentTypeError(
-            f"unknown log level {text!r}: use DEBUG, INFO, WARNING or ERROR"
-        )
-    return text.upper()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aqueue", description="asyncio-native background jobs on Redis and Valkey"
     )
-    parser.add_argument("--version", action="version", version=f"aqueue {_version()}")
+    parser.add_argument("--version", action="version", version=f"aqueue {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def worker_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("app", metavar="MODULE:ATTR", help="a Mux or a Worker, e.g. app.tasks:mux")
         p.add_argument(
-            "--concurrency", "-c", type=_positive_int, help="handlers run at once (default 10)"
+            "--concurrency", "-c", type=positive_int, help="handlers run at once (default 10)"
         )
         p.add_argument(
-            "--queue", "-q", action="append", type=_queue_weight, metavar="NAME=WEIGHT",
+            "--queue", "-q", action="append", type=queue_weight, metavar="NAME=WEIGHT",
             help="a queue to serve, with its weight (repeatable; default: default=1)",
         )  # fmt: skip
         p.add_argument(
@@ -131,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-scheduler", action="store_true", help="do not run the cron scheduler")
         p.add_argument("--shutdown-timeout", type=float, help="seconds handlers get at shutdown")
         p.add_argument(
-            "--log-level", default="INFO", type=_log_level, help="logging level (default INFO)"
+            "--log-level", default="INFO", type=log_level, help="logging level (default INFO)"
         )
         p.add_argument(
             "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
@@ -146,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default=None, help="server URL (default: $AQUEUE_URL or redis://localhost:6379/0)"
     )
     w.add_argument(
-        "--processes", "-p", type=_positive_int, default=None, metavar="N",
+        "--processes", "-p", type=positive_int, default=None, metavar="N",
         help="run N worker processes under a supervisor that restarts them (default: one, "
         "in this process)",
     )  # fmt: skip
@@ -156,24 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     worker_flags(d)
     d.add_argument(
-        "--port", type=_positive_int, help="port of the embedded server (default: a free one)"
+        "--port", type=positive_int, help="port of the embedded server (default: a free one)"
     )
-    _cli_admin.add_commands(sub)
+    admin.add_commands(sub)
     m = sub.add_parser(
         "metrics",
         help="serve Prometheus metrics of the queues (aqueue[prometheus])",
         description="Serve per-queue Prometheus gauges over HTTP until SIGTERM/SIGINT.",
     )
     m.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
-    m.add_argument("--port", type=_positive_int, default=9808, help="HTTP port (9808)")
+    m.add_argument("--port", type=positive_int, default=9808, help="HTTP port (9808)")
     m.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    m.add_argument("--queue", "-q", action="append", type=queue_name, help="a queue (default: all)")
     m.add_argument(
-        "--queue", "-q", action="append", type=_queue_name, help="a queue (default: all)"
+        "--interval", type=positive_seconds, default=5.0, help="seconds between reads (5)"
     )
-    m.add_argument(
-        "--interval", type=_positive_float, default=5.0, help="seconds between reads (5)"
-    )
-    m.add_argument("--log-level", default="INFO", type=_log_level, help="logging level")
+    m.add_argument("--log-level", default="INFO", type=log_level, help="logging level")
     w = sub.add_parser(
         "dash",
         help="serve the web dashboard (aqueue[web])",
@@ -183,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
     w.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    w.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
+    w.add_argument("--port", type=positive_int, default=8080, help="HTTP port (8080)")
     w.add_argument(
         "--allow-actions", action="store_true", help="enable pause/resume and task actions"
     )
@@ -191,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--password", default=None, help="basic-auth password (or $AQUEUE_DASH_PASSWORD)"
     )
-    w.add_argument("--log-level", default="INFO", type=_log_level, help="logging level")
+    w.add_argument("--log-level", default="INFO", type=log_level, help="logging level")
     return parser
 
 
@@ -282,12 +258,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return _run_worker(make_worker(app, args, server.url), args.loop)
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
 def fail(message: str, code: int) -> NoReturn:
     print(f"aqueue: error: {message}", file=sys.stderr)
     raise SystemExit(code)
@@ -303,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"worker": cmd_worker, "dev": cmd_dev, "metrics": cmd_metrics, "dash": cmd_dash}
     try:
         if hasattr(args, "admin"):
-            return _cli_admin.run(args)
+            return admin.run(args)
         return commands[args.command](args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)

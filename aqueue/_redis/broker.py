@@ -1,38 +1,36 @@
 """The one seam between aqueue's logic and the server: connections, scripts, errors.
 
 Everything that talks to Redis goes through a ``Broker`` so that connection failures
-become ``BrokerUnavailable`` in one place, and scripts are sent by SHA with a single
-reload when the server forgot them (a restart that lost its data, a failover).
+become ``BrokerUnavailable`` in one place, and script calls (built by ``scripts``) are
+sent by SHA with a single reload when the server forgot them (a restart that lost its
+data, a failover).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from ..errors import AqueueError, BrokerUnavailable
+from ..errors import BrokerUnavailable, InvalidOption
 from . import deadline as _deadline
 from . import wire as _wire
 from .endpoint import endpoint
 from .endpoint import redacted as redacted  # re-exported: metrics and the client use it
+from .scripts import Call
+from .urls import check_url, parse_cluster_url, parse_sentinel_url
 
 T = TypeVar("T")
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "aq"
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
-SENTINEL_PORT = 26379
 
 # What counts as "the server is not reachable or not usable": connection and timeout
 # failures, refused credentials (AuthenticationError is a ConnectionError), and a peer
@@ -54,135 +52,8 @@ _REFUSALS = ("OOM", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "
              "NOREPLICAS")  # fmt: skip
 
 
-_INCLUDE = "-- include: "
-
-
-class Script:
-    """A Lua script from ``lua/``, sent by SHA.
-
-    A line ``-- include: NAME`` is replaced by ``lua/lib/NAME.lua``: a script runs
-    alone on the server, so the Lua that several scripts share is pasted into each one
-    here, from one file.
-    """
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        folder = resources.files(__package__) / "lua"
-        lines = (folder / f"{name}.lua").read_text().splitlines(keepends=True)
-        self.source = "".join(
-            (folder / "lib" / f"{line.removeprefix(_INCLUDE).strip()}.lua").read_text()
-            if line.startswith(_INCLUDE)
-            else line
-            for line in lines
-        )
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-
-
-class Scripts:
-    """All scripts, loaded from disk once per process."""
-
-    def __init__(self) -> None:
-        self.enqueue = Script("enqueue")
-        self.claim = Script("claim")
-        self.ack = Script("ack")
-        self.fail = Script("fail")
-        self.requeue = Script("requeue")
-        self.forward = Script("forward")
-        self.heartbeat = Script("heartbeat")
-        self.reap = Script("reap")
-        self.orphans = Script("orphans")
-        self.cancel = Script("cancel")
-        self.janitor = Script("janitor")
-
-
-SCRIPTS = Scripts()
-
-Call = tuple[Script, Sequence[str], Sequence[Any]]
 # What Client, Worker and Inspector connect to: a URL, or a client you already have.
 ServerLike = str | aioredis.Redis | RedisCluster
-
-
-def check_url(url: str) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme not in _SCHEMES:
-        raise AqueueError(
-            f"unsupported URL {redacted(url)!r}: use redis://, rediss://, unix://, "
-            f"redis+sentinel:// or redis+cluster://"
-        )
-    if scheme == "redis+sentinel":
-        parse_sentinel_url(url)
-    if scheme == "redis+cluster":
-        parse_cluster_url(url)
-    endpoint(url)  # a bad database number or TLS option fails here, not at first use
-    return url
-
-
-class SentinelURL:
-    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[?db=N]``.
-
-    The credentials are the master's (and its replicas'); the sentinels themselves are
-    asked without them. The port of a sentinel defaults to 26379.
-    """
-
-    __slots__ = ("db", "password", "sentinels", "service", "username")
-
-    def __init__(
-        self,
-        sentinels: list[tuple[str, int]],
-        service: str,
-        db: int,
-        username: str | None,
-        password: str | None,
-    ) -> None:
-        self.sentinels = sentinels
-        self.service = service
-        self.db = db
-        self.username = username
-        self.password = password
-
-
-def _hosts(netloc: str, default_port: int, bad: str) -> tuple[list[tuple[str, int]], str, str]:
-    """``[[user]:password@]host[:port][,host[:port]...]`` -> addresses, user, password."""
-    userinfo, _, hosts = netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    addresses: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, sep, port = item.rpartition(":")
-        if not sep or "]" in port:  # no port, or the end of an [IPv6] address
-            host, port = item, str(default_port)
-        host = host.strip("[]")
-        if not host or not port.isdigit():
-            raise AqueueError(f"{bad}: expected host:port, got {item!r}")
-        addresses.append((host, int(port)))
-    return addresses, username, password
-
-
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
-    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``: the startup
-    nodes (any few of the cluster's nodes) and the credentials."""
-    parts = urlsplit(url)
-    bad = f"invalid redis+cluster URL {redacted(url)!r}"
-    nodes, username, password = _hosts(parts.netloc, 6379, bad)
-    if parts.path.strip("/") or parts.query:
-        raise AqueueError(f"{bad}: a cluster has one database; give no path or query")
-    return nodes, username or None, password or None
-
-
-def parse_sentinel_url(url: str) -> SentinelURL:
-    parts = urlsplit(url)
-    bad = f"invalid redis+sentinel URL {redacted(url)!r}"
-    sentinels, username, password = _hosts(parts.netloc, SENTINEL_PORT, bad)
-    service = parts.path.strip("/")
-    if not service or "/" in service:
-        raise AqueueError(f"{bad}: the path must be the service name, e.g. /mymaster")
-    db = 0
-    for key, _, value in (p.partition("=") for p in parts.query.split("&") if p):
-        if key != "db" or not value.isdigit():
-            raise AqueueError(f"{bad}: unknown query parameter {key!r} (only db=N is accepted)")
-        db = int(value)
-    return SentinelURL(sentinels, service, db, username or None, password or None)
 
 
 class Broker:
@@ -219,7 +90,7 @@ class Broker:
             self._redis = _as_redis(url_or_redis)
             self.cluster = True
         else:
-            raise AqueueError(
+            raise InvalidOption(
                 f"expected a redis://, rediss://, unix://, redis+sentinel:// or "
                 f"redis+cluster:// URL, or a redis.asyncio Redis or RedisCluster client, "
                 f"got {url_or_redis!r}"
@@ -330,15 +201,9 @@ class Broker:
         if pool is not None:
             await pool.disconnect(inuse_connections=False)
 
-    async def script(
-        self,
-        script: Script,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        conn: aioredis.Redis | None = None,
-    ) -> Any:
-        """Run one script (no timeout mapping: wrap in ``run`` for that)."""
-        return (await self.scripts([(script, keys, args)], (), conn))[0]
+    async def script(self, call: Call, conn: aioredis.Redis | None = None) -> Any:
+        """Run one script call (no timeout mapping: wrap in ``run`` for that)."""
+        return (await self.scripts([call], (), conn))[0]
 
     async def scripts(
         self,

@@ -1,29 +1,11 @@
-"""Time limits without a timer each: a task's timeout scope and the Broker's call
-deadlines, both on the hot path (one per task, one per server call)."""
+"""The Broker's call deadlines without a timer each: they are on the hot path (one per
+server call). A task's timeout scope is the worker's (``_worker/runner.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from typing import Any
-
-import anyio
-
-_scope_class: type[anyio.CancelScope] | None = None
-
-
-def deadline_scope(seconds: float) -> anyio.CancelScope:
-    """``anyio.CancelScope(deadline=now + seconds)`` for the asyncio backend, without
-    anyio's backend lookup on every call: the worker opens one per task (its timeout),
-    and the lookup was a visible share of a no-op task's cost. The loop's clock is
-    ``time.monotonic()`` (uvloop's too, at millisecond resolution); redis.asyncio needs
-    asyncio anyway."""
-    global _scope_class
-    cls = _scope_class
-    if cls is None:
-        cls = _scope_class = type(anyio.CancelScope())
-    return cls(deadline=time.monotonic() + seconds)
 
 
 class Watch:

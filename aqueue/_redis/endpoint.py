@@ -18,7 +18,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from ..errors import AqueueError
+from ..errors import InvalidOption
 
 # Query parameters aqueue's own connections honour; anything else is redis-py's alone.
 _QUERY = frozenset(
@@ -95,7 +95,7 @@ def endpoint(url: str) -> Endpoint | None:
     try:
         port = parts.port
     except ValueError:
-        raise AqueueError(f"{bad}: the port must be a number from 0 to 65535") from None
+        raise InvalidOption(f"{bad}: the port must be a number from 0 to 65535") from None
     return Endpoint(
         host=unquote(parts.hostname or "localhost"),
         port=port or 6379,
@@ -113,17 +113,19 @@ def _db(path: str, query: str | None, bad: str) -> int:
     if not text:
         return 0
     if not text.isdigit():
-        raise AqueueError(f"{bad}: the database must be a number, got {text!r}")
+        raise InvalidOption(f"{bad}: the database must be a number, got {text!r}")
     return int(text)
 
 
 def _tls(query: dict[str, str], bad: str) -> TLS:
     reqs = query.get("ssl_cert_reqs", "required").lower()
     if reqs not in _CERT_REQS:
-        raise AqueueError(f"{bad}: ssl_cert_reqs must be none, optional or required, got {reqs!r}")
+        raise InvalidOption(
+            f"{bad}: ssl_cert_reqs must be none, optional or required, got {reqs!r}"
+        )
     check = query.get("ssl_check_hostname")
     if check is not None and check.lower() not in _TRUE | _FALSE:
-        raise AqueueError(f"{bad}: ssl_check_hostname must be true or false, got {check!r}")
+        raise InvalidOption(f"{bad}: ssl_check_hostname must be true or false, got {check!r}")
     cert_reqs = _CERT_REQS[reqs]
     # A name is checked only against a verified certificate (ssl refuses otherwise).
     checked = cert_reqs == ssl.CERT_REQUIRED and (check is None or check.lower() in _TRUE)

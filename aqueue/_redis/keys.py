@@ -39,6 +39,8 @@ worker running a cancelled task).
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from functools import lru_cache
 
 
@@ -97,6 +99,11 @@ class QueueKeys:
     def lease(self, worker_id: str) -> str:
         return f"{self.base}l:{worker_id}"
 
+    def fixed(self) -> list[str]:
+        """Every key of the queue but the lease lists (one per worker)."""
+        values = (getattr(self, name) for name in QueueKeys.__slots__ if name != "base")
+        return [v for v in values if isinstance(v, str) and v.startswith(self.base)]
+
 
 @lru_cache(maxsize=4096)
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
@@ -128,7 +135,27 @@ def schedule_channel(prefix: str) -> str:
 
 
 def done_channel(prefix: str, queue: str) -> str:
-    """Pub/sub, per queue: ``"<kind>|<id>[,<id>...]"`` when tasks of the queue complete
-    (kept results), end archived or revoked, or report progress; what
+    """Pub/sub, per queue: ``done_notice(kind, ids)`` when tasks of the queue complete
+    (kept results), end archived, revoked or deleted, or report progress; what
     ``Client.result`` waits on."""
     return f"{prefix}:{{{queue}}}:done"
+
+
+class Done(enum.StrEnum):
+    """What a notice on a queue's done channel says happened to the tasks it names."""
+
+    COMPLETED = "completed"  # succeeded, result kept
+    ARCHIVED = "archived"  # failed for good, cancelled, or archived by an operator
+    REVOKED = "revoked"  # dropped by its handler
+    DELETED = "deleted"  # deleted by an operator
+    PROGRESS = "progress"  # not final: its handler reported progress
+
+
+def done_notice(kind: Done, ids: Iterable[str]) -> str:
+    """The message of a notice on the done channel: ``"<kind>|<id>[,<id>...]"``."""
+    return f"{kind}|{','.join(ids)}"
+
+
+def done_ids(message: bytes) -> list[bytes]:
+    """The task ids a done notice names."""
+    return message.partition(b"|")[2].split(b",")

@@ -1,11 +1,14 @@
 """Claiming: batches while a backlog exists, one blocking move per queue when idle.
 
-While a queue has a backlog, the worker claims batches with a non-blocking script (up to
-its free slots, split across queues by weight). When every queue came back dry, it
-blocks on BLMOVE, one blocking connection per queue, each holding one reserved slot, so
-an idle worker wakes within milliseconds of an enqueue without polling. Either way a
-claimed id sits in this worker's lease list before anything else happens, so a crash at
-any point leaves it where a reaper finds it.
+While a queue has a backlog, the dispatcher claims batches with a non-blocking script
+(up to the free slots, split across queues by weight). When every queue came back dry,
+it blocks on BLMOVE, one blocking connection per queue, each holding one reserved slot,
+so an idle worker wakes within milliseconds of an enqueue without polling. Either way a
+claimed id sits in this worker's lease list before anything else happens, so a crash
+at any point leaves it where a reaper finds it.
+
+A busy worker also claims through its ack writer, which asks ``after_acks`` for the
+claims to send with its acks and hands the replies back to ``claimed``.
 """
 
 from __future__ import annotations
@@ -14,64 +17,113 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from .._codec import decode_message
-from .._redis.broker import SCRIPTS, Call
+from .._redis import scripts
+from .._redis.broker import Broker
+from .._redis.keys import QueueKeys
+from .._redis.scripts import Call, ClaimedTask, ClaimRefused
 from ..errors import BrokerUnavailable
+from .audit import LeaseAudit
+from .held import Held
+from .outage import Outage
+from .processor import Handoff
 from .runner import Claimed
-from .state import BLOCK_SECONDS, WorkerState, log
+from .slots import Slots
+
+log = logging.getLogger("aqueue.worker")
+
+# How long one BLMOVE blocks before the worker re-checks pauses and shutdown.
+BLOCK_SECONDS = 1.0
 
 
-class Claiming(WorkerState):
-    async def _dispatch(self) -> None:
-        while not self._stopping:
-            if self._suspect - self._blocking:
-                await self._audit()
-            if self._free <= 0:
-                self._slot_waiter = anyio.Event()
-                await self._slot_waiter.wait()
+class Dispatcher:
+    """Fills the free slots with claimed tasks until ``stop()``."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        keys: Mapping[str, QueueKeys],
+        leases: Mapping[str, str],
+        worker_id: str,
+        weights: Mapping[str, float],
+        *,
+        strict_priority: bool,
+        batch_size: int,
+        slots: Slots,
+        held: Held,
+        handoff: Handoff,
+        audit: LeaseAudit,
+        outage: Outage,
+        renew: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._broker = broker
+        self._keys = keys
+        self._leases = leases
+        self._id = worker_id
+        self._weights = weights
+        # Claim order for blocking and strict priority: heaviest first.
+        self._order = sorted(weights, key=lambda q: -weights[q])
+        self._strict = strict_priority
+        self._batch_size = batch_size
+        self._slots = slots
+        self._held = held
+        self._handoff = handoff
+        self._audit = audit
+        self._outage = outage
+        self._renew = renew
+        self.stopping = False
+        self._seq = 0
+        self._paused_until: dict[str, float] = {}
+        self._blocking: set[str] = set()
+        self._blockers: anyio.abc.TaskGroup | None = None
+        # Set, and replaced, whenever a blocking claim ends (or to stop).
+        self._event = anyio.Event()
+        self._scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            async with anyio.create_task_group() as blockers:
+                self._blockers = blockers
+                await self._fill()
+
+    def stop(self) -> None:
+        """Stop claiming; blocking claims in flight are abandoned."""
+        self.stopping = True
+        self._scope.cancel()
+        self._slots.wake()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def _fill(self) -> None:
+        slots, audit, blocking = self._slots, self._audit, self._blocking
+        while not self.stopping:
+            if audit.due(blocking):
+                await audit.run(blocking)
+            if slots.free <= 0:
+                await slots.wait()
                 continue
-            if await self._claim_burst():
+            if await self._burst():
                 continue
-            await self._claim_blocking()
+            await self._block()
 
-    async def _audit(self) -> None:
-        """Return ids our lease lists hold but we do not (see orphans.lua).
+    # -- bursts --------------------------------------------------------------------------
 
-        Runs from the dispatcher, between its own claims, and skips queues with a
-        blocking claim in flight: an id that claim moved is not an orphan.
-        """
-        queues = sorted(self._suspect - self._blocking)
-        calls: list[Call] = []
-        for q in queues:
-            k = self._keys[q]
-            held = [c.id for c in self._held.values() if c.queue == q]
-            calls.append((SCRIPTS.orphans, (self._lease[q], k.pending, k.states), held))
-        try:
-            replies = await self._broker.run(lambda: self._broker.scripts(calls))
-        except BrokerUnavailable as exc:
-            await self._outage.failed(exc)
-            return
-        self._outage.ok()
-        self._suspect.difference_update(queues)
-        for q, n in zip(queues, replies, strict=True):
-            if n:
-                log.warning("returned %d orphaned task(s) of queue %s to the queue", n, q)
-
-    def _available(self) -> list[str]:
-        now = time.monotonic()
-        return [q for q in self._order if self._paused_until.get(q, 0.0) <= now]
-
-    async def _claim_burst(self) -> bool:
+    async def _burst(self) -> bool:
         """Claim without blocking until slots are full or every queue is dry."""
         dry: set[str] = set()
         claimed = False
-        while not self._stopping and self._free > 0:
-            plan = self._plan(min(self._free, self.batch_size), dry)
+        slots = self._slots
+        while not self.stopping and slots.free > 0:
+            plan = self._plan(min(slots.free, self._batch_size), dry)
             if not plan:
                 break
             got = await self._claim(plan)
@@ -81,24 +133,27 @@ class Claiming(WorkerState):
             claimed = claimed or sum(got.values()) > 0
         return claimed
 
+    def _available(self) -> list[str]:
+        now = time.monotonic()
+        return [q for q in self._order if self._paused_until.get(q, 0.0) <= now]
+
     def _plan(self, n: int, dry: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
         """How many of ``n`` tasks to ask of each queue: by weight, or all of the
         heaviest under strict priority; nothing if every queue is paused or dry."""
         candidates = [q for q in self._available() if q not in dry]
         if not candidates or n <= 0:
             return {}
-        if self.strict_priority or len(candidates) == 1:
+        if self._strict or len(candidates) == 1:
             return {candidates[0]: n}
-        weights = [self.queues[q] for q in candidates]
+        weights = [self._weights[q] for q in candidates]
         return dict(Counter(random.choices(candidates, weights=weights, k=n)))
 
-    def _claim_calls(self, plan: Mapping[str, int], moved: str = "") -> list[Call]:
+    def _calls(self, plan: Mapping[str, int], moved: str = "") -> list[Call]:
         now = int(time.time() * 1000)
+        keys, leases, worker_id = self._keys, self._leases, self._id
         calls: list[Call] = []
         for q, n in plan.items():
-            k = self._keys[q]
-            keys = (k.pending, self._lease[q], k.tasks, k.states, k.paused, k.leases, k.retried)
-            calls.append((SCRIPTS.claim, keys, [n, self.id, self._seq, now, moved]))
+            calls.append(scripts.claim(keys[q], leases[q], n, worker_id, self._seq, now, moved))
             self._seq += n + 1
         return calls
 
@@ -106,58 +161,89 @@ class Claiming(WorkerState):
         """Run the claim script for each queue of ``plan`` in one round trip.
 
         The slots are taken before the call and the unused ones given back after, so a
-        concurrent claim can never overshoot the concurrency limit.
+        concurrent claim can never overshoot the concurrency limit (a blocking claim's
+        ``moved`` id came with its own slot).
         """
-        calls = self._claim_calls(plan, moved)
+        calls = self._calls(plan, moved)
         if not moved:
-            self._free -= sum(plan.values())
+            self._slots.take(sum(plan.values()))
+        broker = self._broker
         try:
-            replies = await self._broker.run(lambda: self._broker.scripts(calls))
+            replies = await broker.run(lambda: broker.scripts(calls))
         except BrokerUnavailable as exc:
-            self._claim_lost(plan, moved)
+            self.lost(plan, moved)
             await self._outage.failed(exc)
             return {}
         self._outage.ok()
-        return await self._claimed(plan, replies, moved)
+        return await self.claimed(plan, replies, moved)
 
-    def _claim_lost(self, plan: Mapping[str, int], moved: str = "") -> None:
+    # -- with the acks -------------------------------------------------------------------
+
+    def after_acks(self, n: int) -> tuple[dict[str, int], list[Call]]:
+        """The claims to send with ``n`` acks, their slots taken: some only while every
+        slot is taken (the ack writer's round trip then saves the dispatcher one), and
+        none while stopping or while a queue waits for its audit."""
+        if not self._slots.awaited or self.stopping or not self._audit.clear:
+            return {}, []
+        plan = self._plan(min(n, self._batch_size))
+        self._slots.take(sum(plan.values()))
+        return plan, self._calls(plan)
+
+    def lost(self, plan: Mapping[str, int], moved: str = "") -> None:
         """The claim may have run with its reply lost: audit these lease lists."""
-        self._suspect.update(plan)
-        self._release(sum(plan.values()) if not moved else 0)
+        self._audit.mark(plan)
+        self._slots.give(sum(plan.values()) if not moved else 0)
 
-    async def _claimed(
+    async def claimed(
         self, plan: Mapping[str, int], replies: Sequence[Any], moved: str = ""
     ) -> dict[str, int]:
         """Start what the claim scripts of ``plan`` returned; give back unused slots."""
         got: dict[str, int] = {}
         lost = False
         for (q, n), reply in zip(plan.items(), replies, strict=True):
+            claimed = scripts.parse_claim(reply)
             count = 0
-            if reply == -1:
+            if isinstance(claimed, list):
+                for item in claimed:
+                    self._start(q, item)
+                count = len(claimed)
+            elif claimed is ClaimRefused.PAUSED:
                 self._paused_until[q] = time.monotonic() + BLOCK_SECONDS
-            elif reply == -2:
-                lost = True
             else:
-                for i in range(0, len(reply), 4):
-                    self._start(q, reply[i : i + 4])
-                    count += 1
+                lost = True
             got[q] = count
             if not moved:
-                self._release(max(0, n - count))
+                self._slots.give(max(0, n - count))
         if lost:
             # Our lease had expired (or the server lost its data): renew before claiming
             # again, so that everything we hold is covered by a live lease.
-            await self._leases.renew()
+            await self._renew()
         return got
 
-    async def _claim_blocking(self) -> None:
+    def _start(self, queue: str, item: ClaimedTask) -> None:
+        raw_id, raw_token, message, retried = item
+        max_retry, digest, body = decode_message(message)
+        c = Claimed(
+            queue, raw_id.decode(), raw_token.decode(), max_retry, digest, body, int(retried)
+        )
+        self._held.add(c)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
+            )
+        self._handoff.put(c)
+
+    # -- blocking claims -----------------------------------------------------------------
+
+    async def _block(self) -> None:
         """Block on every available queue at once, one reserved slot each."""
+        assert self._blockers is not None
         queues = [q for q in self._available() if q not in self._blocking]
-        for q in queues[: self._free]:
-            self._free -= 1
+        for q in queues[: self._slots.free]:
+            self._slots.take(1)
             self._blocking.add(q)
             self._blockers.start_soon(self._block_on, q)
-        event = self._claim_event
+        event = self._event
         if not self._blocking:
             # Everything is paused: look again when the first pause check is due.
             wait = min(self._paused_until.values(), default=time.monotonic()) - time.monotonic()
@@ -167,48 +253,34 @@ class Claiming(WorkerState):
         await event.wait()
 
     async def _block_on(self, q: str) -> None:
-        k = self._keys[q]
         got = 0
         try:
-            # Not pipelined with the claim script, though that would save a round trip:
-            # the script would mark the task active while a frozen worker has not read
-            # the move's reply, and a reaper would then count an attempt for a task
-            # that never started. Moved but unclaimed, it goes back uncounted.
-            move = ("BLMOVE", k.pending, self._lease[q], "RIGHT", "LEFT", BLOCK_SECONDS)
-            try:
-                (moved,) = await self._broker.run(
-                    lambda: self._broker.scripts([], [move]),
-                    timeout=self._broker.timeout + BLOCK_SECONDS,
-                )
-            except BrokerUnavailable as exc:
-                self._suspect.add(q)  # the move may have happened, its reply lost
-                await self._outage.failed(exc)
-                moved = None
-            else:
-                self._outage.ok()
+            moved = await self._move(q)
             if moved is not None:
                 got = (await self._claim({q: 0}, moved=moved.decode())).get(q, 0)
         finally:
             if not got:
-                self._release(1)  # the slot reserved for this blocker
+                self._slots.give(1)  # the slot reserved for this blocker
             self._blocking.discard(q)
-            self._claim_event.set()
-            self._claim_event = anyio.Event()
+            self._wake()
 
-    def _start(self, queue: str, item: list[Any]) -> None:
-        raw_id, raw_token, message, retried = item
-        max_retry, digest, body = decode_message(message)
-        c = Claimed(
-            queue, raw_id.decode(), raw_token.decode(), max_retry, digest, body, int(retried)
-        )
-        self._held[(queue, c.id)] = c
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
+    async def _move(self, q: str) -> bytes | None:
+        """BLMOVE one id from the queue into our lease list: the id, or None.
+
+        Not pipelined with the claim script, though that would save a round trip: the
+        script would mark the task active while a frozen worker has not read the move's
+        reply, and a reaper would then count an attempt for a task that never started.
+        Moved but unclaimed, it goes back uncounted.
+        """
+        move = ("BLMOVE", self._keys[q].pending, self._leases[q], "RIGHT", "LEFT", BLOCK_SECONDS)
+        broker = self._broker
+        try:
+            (moved,) = await broker.run(
+                lambda: broker.scripts([], [move]), timeout=broker.timeout + BLOCK_SECONDS
             )
-        while self._idle_slots:
-            slot = self._idle_slots.popleft()
-            if not slot.done():
-                slot.set_result(c)
-                return
-        self._ready.append(c)
+        except BrokerUnavailable as exc:
+            self._audit.mark([q])  # the move may have happened, its reply lost
+            await self._outage.failed(exc)
+            return None
+        self._outage.ok()
+        return moved  # type: ignore[no-any-return]

@@ -1,95 +1,106 @@
-"""Running claimed tasks and writing their outcomes.
+"""Writing the outcomes of finished attempts.
 
-One long-lived runner per slot takes claimed tasks as they come. Successful attempts
-are acked in batches by one writer coroutine, which also claims the next tasks in the
-same round trip; a slot is freed only once its ack is written, so the worker never
-holds more claimed tasks than slots. Failures are written one by one, with their retry
-or archive decision.
+Successful attempts are acked in batches by one writer coroutine, which also sends the
+next claims in the same round trip while the worker is busy; a slot is given back only
+once its ack is written, so the worker never holds more claimed tasks than slots.
+Failures are written one by one, with their retry or archive decision. Tasks cancelled
+by a shutdown are kept for the lease keeper to return when the worker leaves.
+
+A write that cannot reach the server is retried with backoff for as long as the lease
+is valid. A retried write may find its work already done by an earlier try whose reply
+was lost: its fencing token is then stale, as for a worker that lost the task, but that
+is no news for the operator (logged at DEBUG and INFO, not WARNING).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from .._codec import encode_value
-from .._redis.broker import SCRIPTS, Call
-from .._redis.keys import done_channel
+from .._redis import scripts
+from .._redis.broker import Broker
+from .._redis.keys import QueueKeys, done_channel
+from .._redis.scripts import Call
 from ..errors import BrokerUnavailable
-from .claims import Claiming
-from .lease import today
-from .outage import MAX_BACKOFF
-from .runner import Claimed, Outcome
-from .state import log
+from .audit import LeaseAudit
+from .claims import Dispatcher
+from .held import Held
+from .outage import MAX_BACKOFF, Outage
+from .runner import Claimed, Kind, Outcome, today
+from .slots import Slots
+
+log = logging.getLogger("aqueue.worker")
+
+T = TypeVar("T")
+
+# Successful attempts waiting for their ack, by queue: the task and its encoded result.
+Acks = dict[str, list[tuple[Claimed, bytes]]]
+
+_NOT_COUNTED = frozenset({Kind.REVOKE, Kind.AGAIN})
 
 
-class Running(Claiming):
-    async def _run_slot(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._ready:
-                c = self._ready.popleft()
-            elif self._slots_closed:
-                return
-            else:
-                slot: asyncio.Future[Claimed | None] = loop.create_future()
-                self._idle_slots.append(slot)
-                got = await slot
-                if got is None:
-                    return
-                c = got
-            await self._handle(c)
+class Lease(Protocol):
+    @property
+    def valid_until(self) -> float:
+        """``time.monotonic()`` at which the lease may have lapsed."""
 
-    def _close_slots(self) -> None:
-        """Let the runners end once nothing is left to run."""
-        self._slots_closed = True
-        while self._idle_slots:
-            slot = self._idle_slots.popleft()
-            if not slot.done():
-                slot.set_result(None)
 
-    async def _handle(self, c: Claimed) -> None:
-        key, queue, task_id = self._keys[c.queue].progress, c.queue, c.id
+class Outcomes:
+    def __init__(
+        self,
+        broker: Broker,
+        keys: Mapping[str, QueueKeys],
+        leases: Mapping[str, str],
+        *,
+        held: Held,
+        slots: Slots,
+        audit: LeaseAudit,
+        outage: Outage,
+        lease: Lease,
+        claims: Dispatcher,
+        wake_forwarder: Callable[[int], None],
+    ) -> None:
+        self._broker = broker
+        self._keys = keys
+        self._leases = leases
+        self._held = held
+        self._slots = slots
+        self._audit = audit
+        self._outage = outage
+        self._lease = lease
+        self._claims = claims
+        self._wake_forwarder = wake_forwarder
+        self._acks: Acks = {}
+        self._ack_event = anyio.Event()
+        # Tasks cancelled by the shutdown, to go back to the head of their queues.
+        self.requeued: dict[str, list[Claimed]] = {}
 
-        # The sink captures the task's names, not the task itself: the task holds the
-        # Context that holds the sink, and a cycle would keep every finished task in
-        # memory until the garbage collector's next full pass (megabytes under load).
-        async def progress(value: Any) -> None:
-            data = encode_value(value)
-            channel = done_channel(self._broker.prefix, queue)
-            commands = [("HSET", key, task_id, data), ("PUBLISH", channel, f"progress|{task_id}")]
-            await self._broker.run(lambda: self._broker.scripts([], commands))
-
-        outcome = await self._runner.run(c, progress)
-        c.ctx = c.scope = None  # the attempt is over: nothing can cancel it now
-        await self._record(c, outcome)
-
-    async def _record(self, c: Claimed, outcome: Outcome) -> None:
+    async def record(self, c: Claimed, outcome: Outcome) -> None:
+        """Write (or queue for writing) the outcome of ``c``'s attempt."""
         kind = outcome.kind
-        if kind == "ack":
+        if kind is Kind.ACK:
             self._acks.setdefault(c.queue, []).append((c, outcome.result))
             self._ack_event.set()
             return
-        if kind == "requeue":
-            self._requeue.setdefault(c.queue, []).append(c)
-            self._forget(c)
+        if kind is Kind.REQUEUE:
+            self.requeued.setdefault(c.queue, []).append(c)
+            self._end(c)
             return
-        if kind == "drop":
+        if kind is Kind.DROP:
             log.warning(
                 "task %s (%s) on %s: lease lost, handler cancelled; another worker owns it now",
                 c.id,
                 c.body.type,
                 c.queue,
             )
-            self._forget(c)
+            self._end(c)
             # If our heartbeat renewed the lease before any reaper saw it expire, the
             # task is still in our (live) lease list: the audit gives it back.
-            self._suspect.add(c.queue)
+            self._audit.mark([c.queue])
             return
         try:
             await self._write_failure(c, outcome)
@@ -97,101 +108,96 @@ class Running(Claiming):
             log.error(
                 "task %s (%s) on %s: could not write its %s before the lease would lapse "
                 "(%s); it will run again",
-                c.id, c.body.type, c.queue, outcome.kind, exc,
+                c.id, c.body.type, c.queue, kind, exc,
             )  # fmt: skip
-            self._suspect.add(c.queue)
+            self._audit.mark([c.queue])
         finally:
-            self._forget(c)
+            self._end(c)
+
+    def requeue_held(self) -> None:
+        """Every task still held goes back at shutdown, with no time to finish."""
+        for c in self._held.take_all():
+            self.requeued.setdefault(c.queue, []).append(c)
+
+    def _end(self, c: Claimed) -> None:
+        self._held.remove(c)
+        self._slots.give(1)
+
+    # -- failures ------------------------------------------------------------------------
 
     async def _write_failure(self, c: Claimed, o: Outcome) -> None:
-        k = self._keys[c.queue]
+        kind = o.kind
         now = int(time.time() * 1000)
         due = now + int(o.delay * 1000)
-        keys = (
-            self._lease[c.queue], k.pending, k.tasks, k.states, k.retry, k.archived, k.uniq,
-            k.uniq_exp, k.stats, k.retried, k.errors, k.failed_at, k.progress, k.results,
-            k.cancels,
+        call = scripts.fail(
+            self._keys[c.queue], self._leases[c.queue], c.id, c.token, kind, now_ms=now,
+            day=today(), due_ms=due, error=o.error[:4000], digest=c.digest,
+            counted=kind not in _NOT_COUNTED,
         )  # fmt: skip
-        counted = "0" if o.kind in ("revoke", "again") else "1"
-        args = [now, today(), c.id, c.token, o.kind, due, o.error[:4000], c.digest, counted]
         notices = []
-        if o.kind in ("archive", "revoke"):
-            kind = "archived" if o.kind == "archive" else "revoked"
-            notices = [("PUBLISH", done_channel(self._broker.prefix, c.queue), f"{kind}|{c.id}")]
-        call: Call = (SCRIPTS.fail, keys, args)
-        ok = (await self._persist(lambda: self._broker.scripts([call], notices)))[0]
-        if not ok:
-            log.warning(
-                "task %s (%s) on %s: late %s discarded, the task is no longer ours",
-                c.id, c.body.type, c.queue, o.kind,
-            )  # fmt: skip
+        if kind is Kind.ARCHIVE or kind is Kind.REVOKE:
+            event = "archived" if kind is Kind.ARCHIVE else "revoked"
+            notices = [("PUBLISH", done_channel(self._broker.prefix, c.queue), f"{event}|{c.id}")]
+        broker = self._broker
+        replies, retried = await self._persist(lambda: broker.scripts([call], notices))
+        if not replies[0]:
+            if retried:
+                log.info(
+                    "task %s (%s) on %s: late %s discarded on a retried write: the try whose "
+                    "reply was lost most likely wrote it (%s)",
+                    c.id, c.body.type, c.queue, kind, o.error,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "task %s (%s) on %s: late %s discarded, the task is no longer ours",
+                    c.id, c.body.type, c.queue, kind,
+                )  # fmt: skip
             return
-        if o.kind == "revoke":
+        if kind is Kind.REVOKE:
             log.info("task %s (%s) on %s: revoked", c.id, c.body.type, c.queue)
             return
         attempt = c.retried + 1
-        where = "archived" if o.kind == "archive" else f"retry in {o.delay:.3g} s"
+        where = "archived" if kind is Kind.ARCHIVE else f"retry in {o.delay:.3g} s"
         log.warning(
             "task %s (%s) on %s failed, attempt %d of %d, %s: %s",
             c.id, c.body.type, c.queue, attempt, c.max_retry + 1, where, o.error,
         )  # fmt: skip
-        if o.kind in ("retry", "again"):
-            self._leases.wake_forwarder(due)
+        if kind is Kind.RETRY or kind is Kind.AGAIN:
+            self._wake_forwarder(due)
 
-    async def _ack_loop(self) -> None:
+    # -- acks ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush the acks whenever some are waiting."""
         while True:
             event = self._ack_event
             if not self._acks:
                 await event.wait()
             self._ack_event = anyio.Event()
-            await self._flush_acks()
+            await self.flush()
 
-    async def _flush_acks(self) -> None:
+    async def flush(self) -> None:
+        """Write every ack waiting, one ``ack.lua`` call per queue, in one round trip
+        (with the next claims, if the worker is busy)."""
         batch, self._acks = self._acks, {}
         if not batch:
             return
-        now = int(time.time() * 1000)
-        day = today()
-        calls: list[Call] = []
-        for q, items in batch.items():
-            k = self._keys[q]
-            keys = (
-                self._lease[q], k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp,
-                k.stats, k.retried, k.errors, k.failed_at, k.progress, k.cancels,
-            )  # fmt: skip
-            plain: list[Any] = []
-            full: list[Any] = []
-            for c, result in items:
-                if c.body.retention > 0 or c.digest:
-                    full += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
-                else:
-                    plain += [c.id, c.token]
-            calls.append((SCRIPTS.ack, keys, [now, day, len(plain) // 2, *plain, *full]))
-        # Waiting Client.result calls hear of kept results in the same round trip.
-        notices = [
-            ("PUBLISH", done_channel(self._broker.prefix, q), "completed|" + ",".join(ids))
-            for q, items in batch.items()
-            if (ids := [c.id for c, _ in items if c.body.retention > 0])
-        ]
+        calls, notices = self._ack_calls(batch)
         # A busy worker claims the tasks that take the acked tasks' slots in the same
         # round trip: the server runs the claims after the acks, so the worker never
         # holds more tasks than slots, and a claim costs no round trip of its own.
-        plan: dict[str, int] = {}
-        if self._slot_waiter is not None and not self._stopping and not self._suspect:
-            plan = self._plan(min(sum(len(v) for v in batch.values()), self.batch_size))
-        claims = self._claim_calls(plan)
-        self._free -= sum(plan.values())
+        plan, claims = self._claims.after_acks(sum(len(v) for v in batch.values()))
         unsent = claims
 
         def write() -> Awaitable[list[Any]]:
-            # Only the first attempt carries the claims: after a failure they may have
-            # run with their reply lost, and the audit sorts that out instead.
+            # Only the first try carries the claims: after a failure they may have run
+            # with their reply lost, and the audit sorts that out instead.
             nonlocal unsent
             sending, unsent = unsent, []
             return self._broker.scripts([*calls, *sending], notices)
 
         try:
-            replies = await self._persist(write)
+            replies, retried = await self._persist(write)
         except BrokerUnavailable as exc:
             log.error(
                 "could not write %d ack(s) before the lease expired (%s); those tasks will "
@@ -199,42 +205,87 @@ class Running(Claiming):
                 sum(len(v) for v in batch.values()),
                 exc,
             )
-            replies = [[] for _ in batch]
-            self._suspect.update(batch)
-        claimed = len(replies) == len(calls) + len(claims) + len(notices) and bool(claims)
-        claim_replies = replies[len(calls) : len(calls) + len(claims)]
-        replies = replies[: len(calls)]
-        for (q, items), stale in zip(batch.items(), replies, strict=True):
-            for sid in stale:
-                log.warning(
-                    "task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), q
-                )
-            debug = log.isEnabledFor(logging.DEBUG)
+            replies, retried = [[] for _ in batch], True
+            self._audit.mark(batch)
+        self._acked(batch, replies[: len(calls)], retried)
+        if claims and not retried:
+            await self._claims.claimed(plan, replies[len(calls) : len(calls) + len(claims)])
+        elif plan:
+            self._claims.lost(plan)
+
+    def _ack_calls(self, batch: Acks) -> tuple[list[Call], list[tuple[Any, ...]]]:
+        """The ``ack.lua`` call of each queue, and the notices for kept results."""
+        now = int(time.time() * 1000)
+        day = today()
+        calls: list[Call] = []
+        for q, items in batch.items():
+            plain: list[Any] = []
+            full: list[Any] = []
+            for c, result in items:
+                if c.body.retention > 0 or c.digest:
+                    full += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
+                else:
+                    plain += [c.id, c.token]
+            calls.append(scripts.ack(self._keys[q], self._leases[q], now, day, plain, full))
+        # Waiting Client.result calls hear of kept results in the same round trip.
+        notices: list[tuple[Any, ...]] = [
+            ("PUBLISH", done_channel(self._broker.prefix, q), "completed|" + ",".join(ids))
+            for q, items in batch.items()
+            if (ids := [c.id for c, _ in items if c.body.retention > 0])
+        ]
+        return calls, notices
+
+    def _acked(self, batch: Acks, stale: Sequence[Sequence[bytes]], retried: bool) -> None:
+        """The acks are written (or given up): the tasks end, their slots are free."""
+        remove, slots = self._held.remove, self._slots
+        debug = log.isEnabledFor(logging.DEBUG)
+        for (q, items), refused in zip(batch.items(), stale, strict=True):
+            if refused:
+                _log_stale_acks(q, refused, retried)
             for c, _ in items:
                 if debug:
                     log.debug("task %s (%s) on %s: completed", c.id, c.body.type, q)
-                self._forget(c, slots=0)
-            self._release(len(items))
-        if claimed:
-            self._outage.ok()
-            await self._claimed(plan, claim_replies)
-        elif plan:
-            self._claim_lost(plan)
+                remove(c)
+            slots.give(len(items))
 
-    async def _persist(self, fn: Any) -> Any:
+    # -- retrying ------------------------------------------------------------------------
+
+    async def _persist(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Write an outcome, retrying connection failures with backoff for as long as
-        the lease is still ours; after that the reaper owns the task."""
+        the lease is still ours; after that the reaper owns the task. Returns the reply
+        and whether the write was retried (an earlier try may have run)."""
         delay = 0.05
+        retried = False
         while True:
             try:
                 result = await self._broker.run(fn)
                 self._outage.ok()
-                return result
+                return result, retried
             except BrokerUnavailable as exc:
-                left = self._leases.valid_until - time.monotonic()
+                left = self._lease.valid_until - time.monotonic()
                 if left <= 0:
                     raise
                 # The last try comes just before the lease would lapse, not up to a
                 # whole backoff step earlier.
                 await self._outage.failed(exc, sleep=min(delay, left))
                 delay = min(delay * 2, MAX_BACKOFF)
+                retried = True
+
+
+def _log_stale_acks(queue: str, ids: Sequence[bytes], retried: bool) -> None:
+    if not retried:
+        for sid in ids:
+            log.warning(
+                "task %s on %s: late ack discarded, the task is no longer ours", sid.decode(), queue
+            )
+        return
+    # After a connection cut mid-write, the try whose reply was lost has most likely
+    # acked these already: one line, not one warning per task.
+    for sid in ids:
+        log.debug("task %s on %s: late ack discarded on a retried write", sid.decode(), queue)
+    log.info(
+        "late ack discarded for %d task(s) on %s on a retried write: the try whose reply "
+        "was lost most likely wrote them",
+        len(ids),
+        queue,
+    )

@@ -1,9 +1,10 @@
 """Running one claimed task: payload decoding, middleware, the timeout scope, and the
-decision of what the attempt's outcome is. No I/O happens here: the worker writes the
+decision of what the attempt's outcome is. No I/O happens here: ``Outcomes`` writes the
 outcome."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import logging
@@ -19,7 +20,6 @@ import msgspec
 
 from .._codec import Body, decode_payload, decode_value, encode_value
 from .._mux import Context, Mux, ProgressSink, _Entry
-from .._redis.deadline import deadline_scope
 from .._task import TaskInfo, from_ms
 from ..errors import InvalidPayload, Retry, Revoke, SkipRetry
 
@@ -31,10 +31,52 @@ IsFailure = Callable[[BaseException], bool]
 OnError = Callable[[Context, BaseException], Any]
 
 
+_scope_class: type[anyio.CancelScope] | None = None
+
+
+def deadline_scope(seconds: float) -> anyio.CancelScope:
+    """``anyio.CancelScope(deadline=now + seconds)`` for the asyncio backend, without
+    anyio's backend lookup on every call: the worker opens one per task (its timeout),
+    and the lookup was a visible share of a no-op task's cost. The loop's clock is
+    ``time.monotonic()`` (uvloop's too, at millisecond resolution); redis.asyncio needs
+    asyncio anyway."""
+    global _scope_class
+    cls = _scope_class
+    if cls is None:
+        cls = _scope_class = type(anyio.CancelScope())
+    return cls(deadline=time.monotonic() + seconds)
+
+
+def today() -> str:
+    """The UTC day whose stats (``p:<day>``, ``f:<day>``) an attempt ending now counts in."""
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
 def default_retry_delay(retry_count: int, error: BaseException, task: TaskInfo) -> float:
     """``n**4 + 15 + random(0..30) * (n + 1)`` seconds, as in Sidekiq and Asynq."""
     n = retry_count
     return float(n**4 + 15 + random.randint(0, 30) * (n + 1))
+
+
+class Reason(enum.StrEnum):
+    """Why the worker cancelled a handler (``Context.cancelled_by``)."""
+
+    SHUTDOWN = "shutdown"  # the worker is stopping: the task goes back to its queue
+    LOST = "lost"  # the lease lapsed: another worker may own the task now
+    CANCEL = "cancel"  # Client.cancel / Inspector.cancel asked for it
+
+
+class Kind(enum.StrEnum):
+    """What an attempt's outcome does. The four failure kinds are ``fail.lua``'s
+    actions, passed to it as they are."""
+
+    ACK = "ack"  # success
+    RETRY = "retry"  # a failure: spends a retry
+    AGAIN = "again"  # retry without spending one: not a failure per ``is_failure``
+    ARCHIVE = "archive"  # no retry can help, or retries are spent
+    REVOKE = "revoke"  # the handler raised Revoke: archived, no failure counted
+    REQUEUE = "requeue"  # shutdown: back to the head of the queue, no attempt counted
+    DROP = "drop"  # lease lost: another worker owns the task now, write nothing
 
 
 class Claimed:
@@ -65,10 +107,10 @@ class Claimed:
         self.retried = retried
         self.scope: anyio.CancelScope | None = None
         self.ctx: Context | None = None
-        # Why the worker cancelled the handler: "shutdown", "lost", "cancel" or None.
-        self.reason: str | None = None
+        # Why the worker cancelled the handler, if it did.
+        self.reason: Reason | None = None
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: Reason) -> None:
         if self.reason is None:
             self.reason = reason
             if self.ctx is not None:
@@ -96,19 +138,22 @@ class Claimed:
 
 @dataclass(slots=True)
 class Outcome:
-    """What to write for a finished attempt.
+    """What to write for a finished attempt (see ``Kind``). Never changed once made:
+    the outcomes without details are shared."""
 
-    kind: "ack" (success), "retry" (counted), "again" (retry without counting: not a
-    failure per ``is_failure``), "archive", "revoke", "requeue" (shutdown: back to the
-    head of the queue, no attempt counted) or "drop" (lease lost: another worker
-    owns the task now, write nothing).
-    """
-
-    kind: str
+    kind: Kind
     result: bytes = b""
     error: str = ""
     delay: float = 0.0
     exc: BaseException | None = None
+
+
+# The common outcomes, made once rather than per attempt.
+_ACKED = Outcome(Kind.ACK)
+_REVOKED = Outcome(Kind.REVOKE)
+_REQUEUED = Outcome(Kind.REQUEUE)
+_DROPPED = Outcome(Kind.DROP)
+_CANCELLED = Outcome(Kind.ARCHIVE, error="cancelled")
 
 
 class Runner:
@@ -136,34 +181,19 @@ class Runner:
         entry = self.mux.resolve(body.type)
         if entry is None:
             # Retried, not archived: a newer worker may know this type.
-            known = ", ".join(self.mux.names) or "none"
-            exc: BaseException = LookupError(
-                f"no handler for task type {body.type!r} (this worker knows: {known})"
-            )
-            return await self._failed(task, exc, None)
+            return await self._failed(task, self._unknown(body.type), None)
         now = time.time()
         limit = body.timeout or math.inf
         if body.deadline:
             left = body.deadline / 1000 - now
             if left <= 0:
                 return Outcome(
-                    "archive",
+                    Kind.ARCHIVE,
                     error=f"deadline {from_ms(body.deadline)} passed before the task started",
                 )
             limit = min(limit, left)
         handler = entry.handler
-        ctx = Context(
-            task_id=task.id,
-            task_type=body.type,
-            queue=task.queue,
-            retry_count=task.retried,
-            max_retry=task.max_retry,
-            deadline_ms=int((now + limit) * 1000) if limit != math.inf else 0,
-            enqueued_at_ms=body.enqueued_at,
-            headers=body.headers or _NO_HEADERS,
-            progress=progress,
-        )
-        task.ctx = ctx
+        task.ctx = ctx = _context(task, progress, now, limit)
         payload: Any = None
         if handler.takes_payload:
             try:
@@ -177,7 +207,7 @@ class Runner:
             with scope:
                 result = await self._call(entry, ctx, payload)
         except Revoke:
-            return Outcome("revoke")
+            return _REVOKED
         except SkipRetry as e:
             return await self._archive(ctx, e)
         except Retry as e:
@@ -189,16 +219,18 @@ class Runner:
         if scope.cancelled_caught or task.reason is not None:
             if task.reason is not None:
                 return self._interrupted(task)
-            err = TimeoutError(f"task timed out after {limit:g} s")
-            if body.deadline and limit < (body.timeout or math.inf):
-                err = TimeoutError(f"task passed its deadline {from_ms(body.deadline)}")
-            return await self._failed(task, err, ctx)
+            return await self._failed(task, _timed_out(body, limit), ctx)
         if body.retention > 0 and result is not None:
             try:
-                return Outcome("ack", result=encode_value(result))
+                return Outcome(Kind.ACK, result=encode_value(result))
             except (TypeError, ValueError) as e:
-                return Outcome("archive", error=f"the result {result!r:.80} cannot be encoded: {e}")
-        return Outcome("ack")
+                error = f"the result {result!r:.80} cannot be encoded: {e}"
+                return Outcome(Kind.ARCHIVE, error=error)
+        return _ACKED
+
+    def _unknown(self, task_type: str) -> LookupError:
+        known = ", ".join(self.mux.names) or "none"
+        return LookupError(f"no handler for task type {task_type!r} (this worker knows: {known})")
 
     async def _call(self, entry: _Entry, ctx: Context, payload: Any) -> Any:
         handler = entry.handler
@@ -229,14 +261,14 @@ class Runner:
         """Archive at once (no retry can help), telling ``on_error`` first."""
         if ctx is not None and self.on_error is not None:
             await self._call_on_error(ctx, exc)
-        return Outcome("archive", error=_describe(exc), exc=exc)
+        return Outcome(Kind.ARCHIVE, error=_describe(exc), exc=exc)
 
     def _interrupted(self, task: Claimed) -> Outcome:
-        if task.reason == "shutdown":
-            return Outcome("requeue")
-        if task.reason == "cancel":
-            return Outcome("archive", error="cancelled")
-        return Outcome("drop")
+        if task.reason is Reason.SHUTDOWN:
+            return _REQUEUED
+        if task.reason is Reason.CANCEL:
+            return _CANCELLED
+        return _DROPPED
 
     async def _failed(
         self, task: Claimed, exc: BaseException, ctx: Context | None, delay: float | None = None
@@ -251,10 +283,10 @@ class Runner:
         )
         if benign:
             # is_failure said no: try again without spending a retry.
-            return Outcome("again", error=error, delay=self._delay(task, exc, delay), exc=exc)
+            return Outcome(Kind.AGAIN, error=error, delay=self._delay(task, exc, delay), exc=exc)
         if task.retried >= task.max_retry:
-            return Outcome("archive", error=error, exc=exc)
-        return Outcome("retry", error=error, delay=self._delay(task, exc, delay), exc=exc)
+            return Outcome(Kind.ARCHIVE, error=error, exc=exc)
+        return Outcome(Kind.RETRY, error=error, delay=self._delay(task, exc, delay), exc=exc)
 
     def _delay(self, task: Claimed, exc: BaseException, delay: float | None) -> float:
         if delay is not None:
@@ -274,6 +306,27 @@ class Runner:
                 await outcome
         except Exception:
             log.exception("on_error raised while handling task %s", ctx.task_id)
+
+
+def _context(task: Claimed, progress: ProgressSink | None, now: float, limit: float) -> Context:
+    body = task.body
+    return Context(
+        task_id=task.id,
+        task_type=body.type,
+        queue=task.queue,
+        retry_count=task.retried,
+        max_retry=task.max_retry,
+        deadline_ms=int((now + limit) * 1000) if limit != math.inf else 0,
+        enqueued_at_ms=body.enqueued_at,
+        headers=body.headers or _NO_HEADERS,
+        progress=progress,
+    )
+
+
+def _timed_out(body: Body, limit: float) -> TimeoutError:
+    if body.deadline and limit < (body.timeout or math.inf):
+        return TimeoutError(f"task passed its deadline {from_ms(body.deadline)}")
+    return TimeoutError(f"task timed out after {limit:g} s")
 
 
 def _safe(fn: IsFailure, exc: BaseException) -> bool:

@@ -4,6 +4,11 @@ Each scheduler sleeps until the next tick of any entry and then enqueues it thro
 enqueue script, which atomically refuses a tick already enqueued (by any worker), so
 schedulers need no leader election and never double-fire. At start a scheduler catches
 up on ticks missed while every worker was down, as each entry's ``catch_up`` says.
+
+A tick's task is prepared as ``Client.enqueue`` prepares one (``_producer``): the same
+checks, encoding and options, its queue registered the same way, and a delayed task
+announced on the schedule channel so that every worker's forwarder wakes in time for
+it. What ``Inspector.cron_entries`` shows is read by ``_reads.read_cron_entries``.
 """
 
 from __future__ import annotations
@@ -11,20 +16,20 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
-from .._client import Client, enqueue_keys
-from .._codec import decode_value, encode_value
-from .._cron import CronEntry, CronRun, CronSpec
-from .._redis.broker import SCRIPTS, Broker, Call
+from .._codec import encode_value
+from .._cron import CronSpec
+from .._producer import Producer, now_ms
+from .._redis import scripts
+from .._redis.broker import Broker
 from .._redis.keys import queue_keys, queues_key
 from .._task import DEFAULT_QUEUE, from_ms
 from ..errors import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .outage import Outage
 
 log = logging.getLogger("aqueue.scheduler")
 
@@ -40,44 +45,48 @@ def queue_of(entry: CronSpec) -> str:
 
 
 class Scheduler:
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
-        self.broker = worker.broker
-        self.entries = worker.mux.cron_entries
-        # Shares the worker's connections; used for validation and encoding only.
-        self.client = Client(
-            self.broker.redis, timeout=self.broker.timeout, prefix=self.broker.prefix
-        )
+    """Fires ``entries`` (a Mux's ``cron_entries``) through ``broker``, for ever.
+
+    ``outage`` is the worker's: a step that cannot reach the server reports to it and
+    waits its backoff, then tries again. Tasks are prepared with the entry's options,
+    then its handler's (there are no Client defaults here).
+    """
+
+    def __init__(self, broker: Broker, entries: Sequence[CronSpec], outage: Outage) -> None:
+        self._broker = broker
+        self._entries = entries
+        self._outage = outage
+        self._producer = Producer(broker.prefix)
 
     async def run(self) -> None:
-        if not self.entries:
+        if not self._entries:
             return
         await self._retrying(self._register)
         await self._retrying(self._catch_up)
-        upcoming = {e.name: e.next_after(int(time.time() * 1000)) for e in self.entries}
+        upcoming = {e.name: e.next_after(now_ms()) for e in self._entries}
         while True:
             tick = min(upcoming.values())
             await anyio.sleep(max(0.0, tick / 1000 - time.time()))
-            for entry in self.entries:
+            for entry in self._entries:
                 if upcoming[entry.name] == tick:
                     await self._retrying(functools.partial(self.fire, entry, tick))
                     upcoming[entry.name] = entry.next_after(tick)
 
-    async def _retrying(self, step: Any) -> None:
+    async def _retrying(self, step: Callable[[], Awaitable[Any]]) -> None:
         while True:
             try:
                 await step()
             except BrokerUnavailable as exc:
-                await self.w._outage.failed(exc)
+                await self._outage.failed(exc)
             else:
-                self.w._outage.ok()
+                self._outage.ok()
                 return
 
     async def _register(self) -> None:
         """Publish each entry's definition, for ``Inspector.cron_entries``."""
-        b = self.broker
+        b = self._broker
         commands: list[tuple[Any, ...]] = []
-        for e in self.entries:
+        for e in self._entries:
             q = queue_of(e)
             commands.append(("SADD", queues_key(b.prefix), q))
             commands.append(
@@ -86,14 +95,11 @@ class Scheduler:
         await b.run(lambda: b.scripts([], commands))
 
     async def _catch_up(self) -> None:
-        b = self.broker
-        now = int(time.time() * 1000)
-        lasts = await b.run(
-            lambda: b.scripts(
-                [], [("HGET", queue_keys(b.prefix, queue_of(e)).cron, e.name) for e in self.entries]
-            )
-        )
-        for e, last in zip(self.entries, lasts, strict=True):
+        b = self._broker
+        now = now_ms()
+        reads = [("HGET", queue_keys(b.prefix, queue_of(e)).cron, e.name) for e in self._entries]
+        lasts = await b.run(lambda: b.scripts([], reads))
+        for e, last in zip(self._entries, lasts, strict=True):
             if last is None or e.catch_up == "skip":
                 continue  # never seen: it starts at its next tick
             limit = 1 if e.catch_up == "latest" else e.catch_up_max
@@ -101,66 +107,26 @@ class Scheduler:
                 await self.fire(e, tick, catching_up=True)
 
     async def fire(self, e: CronSpec, tick: int, catching_up: bool = False) -> bool:
-        """Enqueue ``e``'s task for ``tick`` unless some scheduler already did."""
-        b = self.broker
-        now = int(time.time() * 1000)
-        prepared = self.client._prepare(e.task, e.payload, e.options, now)
-        k = queue_keys(b.prefix, prepared.opts.queue)
-        task = prepared.args if len(prepared.args) == 5 else [*prepared.args, "", 0]
-        args = [now, 5, e.name, tick, HISTORY, *task]
-        call: Call = (SCRIPTS.enqueue, enqueue_keys(k, cron=True), args)
-        (reply,) = await b.run(lambda: b.scripts([call]))
-        if reply == b"skip":
+        """Enqueue ``e``'s task for ``tick`` unless some scheduler already did; False
+        if one did."""
+        b, producer = self._broker, self._producer
+        now = now_ms()
+        p = producer.prepare(e.task, e.payload, e.options, now)
+        call, extra, new = producer.cron(p, now, e.name, tick, HISTORY)
+        reply = (await b.run(lambda: b.scripts([call], extra)))[0]
+        producer.registered(new)
+        if reply == scripts.SKIPPED:
             return False
         outcome = reply[0]
         what = "a missed tick" if catching_up else "tick"
-        if outcome == b"ok":
+        if outcome == scripts.WRITTEN:
+            if p.opts.due:
+                notice = producer.notice(p.opts.queue, p.opts.due)
+                await b.run(lambda: b.scripts([], [notice]))
             log.info(
-                "cron %s: enqueued task %s for %s %s",
-                e.name,
-                prepared.opts.task_id,
-                what,
-                from_ms(tick),
+                "cron %s: enqueued task %s for %s %s", e.name, p.opts.task_id, what, from_ms(tick)
             )
         else:
-            log.warning("cron %s: %s %s refused: %s", e.name, what, from_ms(tick), outcome)
+            kind, detail = scripts.parse_refused(outcome)
+            log.warning("cron %s: %s %s refused: %s %s", e.name, what, from_ms(tick), kind, detail)
         return True
-
-
-async def read_cron_entries(broker: Broker) -> list[CronEntry]:
-    """Every cron entry any worker has registered, once each, with next and last runs
-    and recent history (newest first)."""
-    b = broker
-    members = await b.run(lambda: b.redis.smembers(queues_key(b.prefix)))
-    names = sorted(n.decode() if isinstance(n, bytes) else n for n in members)
-    commands: list[tuple[Any, ...]] = []
-    for q in names:
-        k = queue_keys(b.prefix, q)
-        commands += [("HGETALL", k.crondef), ("HGETALL", k.cron), ("LRANGE", k.cronlog, 0, -1)]
-    replies = await b.run(lambda: b.scripts([], commands)) if commands else []
-    now = int(time.time() * 1000)
-    out: list[CronEntry] = []
-    for i, q in enumerate(names):
-        defs, lasts, log_items = replies[3 * i : 3 * i + 3]
-        history: dict[str, list[CronRun]] = {}
-        for item in log_items:
-            name, tick, task_id = item.decode().rsplit("|", 2)
-            history.setdefault(name, []).append(CronRun(tick=from_ms(int(tick)), task_id=task_id))  # type: ignore[arg-type]
-        for raw_name, raw_def in sorted(defs.items()):
-            name = raw_name.decode()
-            d = decode_value(raw_def)
-            spec = CronSpec(name, d["spec"], d["task"], None, {}, tz=d["tz"])
-            last = lasts.get(raw_name)
-            out.append(
-                CronEntry(
-                    name=name,
-                    spec=d["spec"],
-                    tz=d["tz"],
-                    task=d["task"],
-                    queue=q,
-                    next_run=from_ms(spec.next_after(now)),
-                    last_run=from_ms(int(last)) if last is not None else None,
-                    history=history.get(name, []),
-                )
-            )
-    return out

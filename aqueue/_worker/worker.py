@@ -1,13 +1,14 @@
 """The consumer side: ``Worker`` claims tasks into its lease, runs them, writes outcomes.
 
-This module holds the public class and its lifecycle (start, serve, graceful shutdown,
-signals). The parts build on one another: ``_state`` (shared state, slots),
-``_claims`` (claiming), ``_outcomes`` (running handlers, acks and failures). Every part
-reports its server calls to one ``Outage`` (``_outage``: backoff and log policy).
+This module holds the public class and its lifecycle: it builds the parts (``_Parts``),
+each in its own module and handed the few collaborators it needs, runs their loops,
+and shuts down gracefully. Every part reports its server calls to one ``Outage``
+(``outage``: backoff and log policy).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import uuid
@@ -19,19 +20,30 @@ import anyio
 import anyio.abc
 
 from .._mux import Mux
-from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, SCRIPTS, Broker, Call, ServerLike
+from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, ServerLike
 from .._redis.keys import QueueKeys, queue_keys
 from .._task import check_queue_name, seconds
 from ..errors import AqueueError, BrokerUnavailable
+from .audit import LeaseAudit
+from .boot import Boot
+from .claims import BLOCK_SECONDS, Dispatcher
+from .forwarder import Forwarder
+from .held import Held
+from .janitor import Janitor
 from .lease import LeaseKeeper
+from .listener import CancelListener
 from .outage import Outage
-from .outcomes import Running
-from .runner import IsFailure, OnError, RetryDelay, Runner
+from .outcomes import Outcomes
+from .processor import Handoff, Processor
+from .reaper import Reaper
+from .runner import IsFailure, OnError, Reason, RetryDelay, Runner
 from .scheduler import Scheduler
-from .state import BLOCK_SECONDS, log
+from .slots import Slots
+
+log = logging.getLogger("aqueue.worker")
 
 
-class Worker(Running):
+class Worker:
     """Runs handlers of a ``Mux`` for a set of queues, inside the caller's event loop.
 
     ``await worker.run()`` serves until SIGTERM/SIGINT (in the main thread) or until
@@ -97,9 +109,7 @@ class Worker(Running):
             max_connections=concurrency + len(self.queues) + 8,
         )
         self._keys: dict[str, QueueKeys] = {q: queue_keys(prefix, q) for q in self.queues}
-        self._lease: dict[str, str] = {q: k.lease(self.id) for q, k in self._keys.items()}
-        # Claim order for blocking and strict priority: heaviest first.
-        self._order = sorted(self.queues, key=lambda q: -self.queues[q])
+        self._leases: dict[str, str] = {q: k.lease(self.id) for q, k in self._keys.items()}
         self._runner = Runner(
             mux,
             retry_delay=retry_delay,
@@ -107,10 +117,12 @@ class Worker(Running):
             on_error=on_error,
             limiter=anyio.CapacityLimiter(concurrency),
         )
-        self._leases = LeaseKeeper(self)
         self._outage = Outage(log)
         self._outer: anyio.abc.TaskGroup | None = None
         self._running = False
+        self._stopping = False
+        # The parts of the current (or last) run: anyio's objects need a running loop.
+        self._parts: _Parts | None = None
 
     # -- public lifecycle ------------------------------------------------------------
 
@@ -146,10 +158,9 @@ class Worker(Running):
         """Begin a graceful shutdown: stop claiming, let handlers finish within
         ``shutdown_timeout``, then cancel them and return their tasks to the queue."""
         self._stopping = True
-        if self._running:
-            self._start_scope.cancel()
-            self._claim_scope.cancel()
-            self._wake_dispatcher()
+        if self._running and self._parts is not None:
+            self._parts.start_scope.cancel()
+            self._parts.dispatcher.stop()
 
     async def __aenter__(self) -> Worker:
         self._outer = anyio.create_task_group()
@@ -179,6 +190,15 @@ class Worker(Running):
         await self._outer.__aexit__(None, None, None)
         self._outer = None
 
+    def cancel_held(self, queue: str, task_id: str) -> bool:
+        """Cancel the handler of a task this worker runs, if it runs it."""
+        return self._parts is not None and self._parts.held.cancel(queue, task_id)
+
+    @property
+    def _held(self) -> Held:
+        """The tasks this worker holds (``aqueue.testing`` looks)."""
+        return self._parts.held if self._parts is not None else Held()
+
     # -- serving -----------------------------------------------------------------------
 
     async def _serve(
@@ -192,21 +212,21 @@ class Worker(Running):
         startup fails, with ``BrokerUnavailable``, while its server is down."""
         if self._running:
             raise AqueueError("this Worker is already running")
-        self._init_state()
+        # Every run starts afresh: new parts, nothing held, nothing stopping.
+        self._parts = parts = _Parts(self)
+        self._stopping = False
         self._running = True
         try:
-            if not await self._begin(wait):
+            if not await self._begin(parts, wait):
                 return
             task_status.started()
             try:
-                await self._serve_started()
+                await self._serve_started(parts)
             except anyio.get_cancelled_exc_class():
                 # Cancelled from outside (e.g. run() inside a cancelled scope): no time
                 # for handlers, but their tasks still go straight back to the queue.
-                for c in self._held.values():
-                    self._requeue.setdefault(c.queue, []).append(c)
-                self._held.clear()
-                await self._finish()
+                parts.outcomes.requeue_held()
+                await self._finish(parts)
                 raise
         finally:
             self._running = False
@@ -214,10 +234,10 @@ class Worker(Running):
                 await self._broker.close()
         log.info("worker %s stopped", self.id)
 
-    async def _begin(self, wait: bool) -> bool:
-        """First contact (``LeaseKeeper.start``); False if ``stop()`` came first."""
-        with self._start_scope:
-            await self._leases.start(wait)
+    async def _begin(self, parts: _Parts, wait: bool) -> bool:
+        """First contact (``Boot.start``); False if ``stop()`` came first."""
+        with parts.start_scope:
+            await parts.boot.start(wait)
             log.info(
                 "worker %s serving queues %s with concurrency %d",
                 self.id,
@@ -228,29 +248,25 @@ class Worker(Running):
         log.info("worker %s stopped before its server answered", self.id)
         return False
 
-    async def _serve_started(self) -> None:
+    async def _serve_started(self, parts: _Parts) -> None:
         async with anyio.create_task_group() as background:
-            background.start_soon(self._leases.heartbeat_loop)
-            background.start_soon(self._leases.reaper_loop)
-            background.start_soon(self._leases.forward_loop)
-            background.start_soon(self._ack_loop)
-            background.start_soon(self._leases.cancel_loop)
+            background.start_soon(parts.lease.run)
+            background.start_soon(parts.reaper.run)
+            background.start_soon(parts.forwarder.run)
+            background.start_soon(parts.outcomes.run)
+            background.start_soon(parts.listener.run)
             if self.scheduler and self.mux.cron_entries:
-                background.start_soon(Scheduler(self).run)
-            # One long-lived runner per slot, handed claimed tasks directly:
-            # spawning a task per handler costs more than a no-op handler itself.
-            async with anyio.create_task_group() as handlers:
+                scheduler = Scheduler(self._broker, self.mux.cron_entries, self._outage)
+                background.start_soon(scheduler.run)
+            async with anyio.create_task_group() as processors:
                 for _ in range(self.concurrency):
-                    handlers.start_soon(self._run_slot)
+                    processors.start_soon(parts.processor.run)
                 try:
-                    with self._claim_scope:
-                        async with anyio.create_task_group() as blockers:
-                            self._blockers = blockers
-                            await self._dispatch()
-                    await self._drain()
+                    await parts.dispatcher.run()
+                    await self._drain(parts.held)
                 finally:
-                    self._close_slots()
-            await self._finish()
+                    parts.handoff.close()
+            await self._finish(parts)
             background.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
@@ -259,38 +275,26 @@ class Worker(Running):
                 if self._stopping:
                     log.warning("second signal: cancelling running handlers now")
                     self.shutdown_timeout = 0
-                    self._cancel_all("shutdown")
+                    self._held.cancel_all(Reason.SHUTDOWN)
                 else:
                     log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
                     self.stop()
 
-    async def _drain(self) -> None:
+    async def _drain(self, held: Held) -> None:
         """Give running handlers ``shutdown_timeout``, then cancel the rest."""
-        if self._held:
+        if held:
             with anyio.move_on_after(self.shutdown_timeout):
-                while self._held:
-                    self._idle_waiter = anyio.Event()
-                    await self._idle_waiter.wait()
-            self._cancel_all("shutdown")
+                await held.wait_empty()
+            held.cancel_all(Reason.SHUTDOWN)
 
-    async def _finish(self) -> None:
+    async def _finish(self, parts: _Parts) -> None:
         """Write the last acks, put shutdown-cancelled tasks back at the head of their
         queues, and release the lease. Shielded: an outer cancellation must not lose
         these writes (bounded by the broker timeout instead)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._broker.timeout * 2):
             try:
-                await self._flush_acks()
-                calls: list[Call] = []
-                for q, k in self._keys.items():
-                    args: list[Any] = [1, self.id]
-                    for c in self._requeue.get(q, []):
-                        args += [c.id, c.token]
-                    calls.append(
-                        (SCRIPTS.requeue, (self._lease[q], k.pending, k.states, k.leases), args)
-                    )
-                replies = await self._broker.run(lambda: self._broker.scripts(calls))
-                await self._leases.unregister()
-                back = sum(int(r) for r in replies)
+                await parts.outcomes.flush()
+                back = await parts.lease.leave(parts.outcomes.requeued)
                 if back:
                     log.info("returned %d unfinished task(s) to their queues", back)
             except BrokerUnavailable as exc:
@@ -300,24 +304,40 @@ class Worker(Running):
                     exc,
                 )
 
-    def _cancel_all(self, reason: str) -> None:
-        for c in list(self._held.values()):
-            c.cancel(reason)
 
-    def cancel_held(self, queue: str, task_id: str) -> bool:
-        """Cancel the handler of a task this worker runs, if it runs it."""
-        c = self._held.get((queue, task_id))
-        if c is None:
-            return False
-        log.info("task %s (%s) on %s: cancel requested", c.id, c.body.type, queue)
-        c.cancel("cancel")
-        return True
+class _Parts:
+    """The parts of one run of a worker, wired together: each is handed the few
+    collaborators it needs, never the worker. Built afresh for every run."""
 
-    def _cancel_queue(self, queue: str, reason: str) -> int:
-        held = [c for c in self._held.values() if c.queue == queue]
-        for c in held:
-            c.cancel(reason)
-        return len(held)
+    def __init__(self, w: Worker) -> None:
+        broker, keys, leases, outage = w._broker, w._keys, w._leases, w._outage
+        # Cancelled by stop(): ends a wait for the server at start.
+        self.start_scope = anyio.CancelScope()
+        self.held = held = Held()
+        slots = Slots(w.concurrency)
+        self.handoff = handoff = Handoff()
+        audit = LeaseAudit(broker, keys, leases, held, outage)
+        self.lease = lease = LeaseKeeper(
+            broker, w.id, keys, leases, weights=w.queues, concurrency=w.concurrency,
+            lease_ttl=w.lease_ttl, held=held, audit=audit, outage=outage,
+        )  # fmt: skip
+        self.forwarder = forwarder = Forwarder(broker, keys, outage)
+        janitor = Janitor(broker, keys, max_archived=w.max_archived, archive_ttl=w.archive_ttl)
+        self.reaper = Reaper(broker, keys, lease_ttl=w.lease_ttl, janitor=janitor, outage=outage)
+        self.listener = listener = CancelListener(
+            broker, w.queues, cancel=held.cancel, wake_forwarder=forwarder.wake, outage=outage
+        )
+        self.boot = Boot(broker, w.queues, renew=lease.renew, listener=listener, outage=outage)
+        self.dispatcher = dispatcher = Dispatcher(
+            broker, keys, leases, w.id, w.queues, strict_priority=w.strict_priority,
+            batch_size=w.batch_size, slots=slots, held=held, handoff=handoff, audit=audit,
+            outage=outage, renew=lease.renew,
+        )  # fmt: skip
+        self.outcomes = outcomes = Outcomes(
+            broker, keys, leases, held=held, slots=slots, audit=audit, outage=outage,
+            lease=lease, claims=dispatcher, wake_forwarder=forwarder.wake,
+        )  # fmt: skip
+        self.processor = Processor(handoff, w._runner, broker, keys, outcomes.record)
 
 
 def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[str, float]:

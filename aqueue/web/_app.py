@@ -26,15 +26,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import _format
 from .._inspector import Inspector
 from .._redis.broker import ServerLike
+from .._task import ACTION_STATES, Action, State, actions_for
 from ..errors import AqueueError, BrokerUnavailable, QueueNotFound, TaskNotFound
-from . import _format
+from . import _views
 from ._security import CSRF_COOKIE, CSRF_FIELD, AuthMiddleware, Csrf, check_auth
 
 HERE = Path(__file__).parent
 # In the order an operator reads them: waiting, running, later, in trouble, done.
-STATES = ["pending", "active", "scheduled", "retry", "archived", "completed"]
+STATES: list[str] = [
+    s.value
+    for s in (State.PENDING, State.ACTIVE, State.SCHEDULED, State.RETRY, State.ARCHIVED,
+              State.COMPLETED)
+]  # fmt: skip
 PAGE_SIZE = 20
 HISTORY_DAYS = 14
 FLASH_COOKIE = "aqueue_flash"
@@ -42,23 +48,12 @@ LIVE_HEADER = "x-aqueue-live"
 # Seconds between the page's polls of its live block.
 REFRESH = 3
 
-# The bulk actions per state, as the Inspector allows them.
-BULK = {
-    "run-all": ("scheduled", "retry", "archived"),
-    "archive-all": ("pending", "scheduled", "retry"),
-    "delete-all": ("pending", "scheduled", "retry", "archived", "completed"),
-}
-# The per-task actions each state allows.
-TASK_ACTIONS = {
-    "pending": ("archive", "delete", "cancel"),
-    "active": ("cancel",),
-    "scheduled": ("run", "archive", "delete", "cancel"),
-    "retry": ("run", "archive", "delete", "cancel"),
-    "archived": ("run", "delete"),
-    "completed": ("delete",),
-}
-_DONE = {"run": "moved to pending", "archive": "archived", "delete": "deleted",
-         "cancel": "cancelled"}  # fmt: skip
+# The bulk actions (URL name -> the states it takes) and the per-task actions of each
+# state, both read from the table the Inspector enforces.
+BULK = {f"{a}-all": ACTION_STATES[a] for a in (Action.RUN, Action.ARCHIVE, Action.DELETE)}
+TASK_ACTIONS = {s: actions_for(s) for s in STATES}
+_DONE = {Action.RUN: "moved to pending", Action.ARCHIVE: "archived", Action.DELETE: "deleted",
+         Action.CANCEL: "cancelled"}  # fmt: skip
 
 
 class _Inspectors:
@@ -100,9 +95,9 @@ class Dashboard:
             duration=_format.duration,
             relative=_format.relative,
             stamp=_format.stamp,
-            pretty=_format.pretty,
-            short=_format.short,
             size=_format.size,
+            pretty=_views.pretty,
+            short=_views.short,
             quote=lambda s: quote(str(s), safe=""),
             STATES=STATES,
             TASK_ACTIONS=TASK_ACTIONS,
@@ -152,19 +147,19 @@ class Dashboard:
         names = await inspector.queues()
         infos = await asyncio.gather(*(inspector.queue_info(q) for q in names))
         histories = await asyncio.gather(*(inspector.history(q, HISTORY_DAYS) for q in names))
-        days = _format.merge(list(histories))
+        days = _views.merge(list(histories))
         totals = {
             key: sum(getattr(i, key) for i in infos) for key in (*STATES, "processed", "failed")
         }
         return self.render(
             request, "overview.html", queues=infos, totals=totals,
-            chart=_format.chart(days) if days else None, nav="overview",
+            chart=_views.chart(days) if days else None, nav="overview",
         )  # fmt: skip
 
     async def queue(self, request: Request) -> Response:
         inspector = self.inspectors.get()
         queue = request.path_params["queue"]
-        state = request.query_params.get("state", "pending")
+        state = request.query_params.get("state", State.PENDING.value)
         if state not in STATES:
             return self.problem(request, 400, f"unknown state {state!r}: use one of "
                                 + ", ".join(STATES))  # fmt: skip
@@ -176,7 +171,7 @@ class Dashboard:
         history = list(reversed(await inspector.history(queue, HISTORY_DAYS)))
         return self.render(
             request, "queue.html", info=info, state=state, tasks=tasks, page=page,
-            pages=pages, count=count, chart=_format.chart(history), nav="overview",
+            pages=pages, count=count, chart=_views.chart(history), nav="overview",
         )  # fmt: skip
 
     async def task(self, request: Request) -> Response:
@@ -213,10 +208,10 @@ class Dashboard:
 
         async def act(inspector: Inspector) -> str:
             calls: dict[str, Callable[[str, str], Awaitable[None]]] = {
-                "run": inspector.run_task,
-                "archive": inspector.archive_task,
-                "delete": inspector.delete_task,
-                "cancel": inspector.cancel,
+                Action.RUN: inspector.run_task,
+                Action.ARCHIVE: inspector.archive_task,
+                Action.DELETE: inspector.delete_task,
+                Action.CANCEL: inspector.cancel,
             }
             if action not in calls:
                 raise _NotFound(f"no task action {action!r}: use {', '.join(calls)}")
@@ -224,7 +219,7 @@ class Dashboard:
             return f"task {task_id} {_DONE[action]}"
 
         back = f"/queues/{quote(queue)}/tasks/{quote(task_id, safe='')}"
-        if action == "delete":
+        if action == Action.DELETE:
             back = f"/queues/{quote(queue)}"
         return await self.act(request, act, back)
 
@@ -274,7 +269,9 @@ class Dashboard:
             message, kind = str(exc), "error"
         except BrokerUnavailable:
             raise
-        except AqueueError as exc:  # a refused move: say why, on the page it came from
+        except AqueueError as exc:
+            # A refused move (StateRefused), an unknown state or a bad queue name: say
+            # why, on the page it came from.
             message, kind = str(exc), "error"
         base = request.scope.get("root_path", "").rstrip("/")
         response = RedirectResponse(base + back, status_code=303)

@@ -18,7 +18,7 @@ import secrets
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import AqueueError
+from ..errors import InvalidOption
 
 Auth = tuple[str, str] | str
 
@@ -34,7 +34,7 @@ def check_auth(auth: object) -> Auth | None:
         return auth
     if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) and x for x in auth):
         return (auth[0], auth[1])
-    raise AqueueError(
+    raise InvalidOption(
         "auth must be None, a bearer token (non-empty str) or a (user, password) pair of "
         f"non-empty strings, got a {type(auth).__name__}"
     )

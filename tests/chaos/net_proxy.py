@@ -3,6 +3,10 @@
 ``cut()`` closes every relayed connection and drops new ones (accepted, then closed at
 once) until ``restore()``: to the worker this looks like a network path that broke and
 came back, while the server itself stays up and keeps its data.
+
+``lose_reply(marker)`` relays the next request that carries ``marker`` (a script's SHA)
+and then closes its connection without relaying the reply: the server ran the request,
+and the client never hears that it did.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Proxy:
         self.severed = 0  # live connections closed by cut()
         self._open = True
         self._links: set[anyio.CancelScope] = set()
+        self.marker: bytes | None = None  # see lose_reply(); None once a reply was lost
 
     @property
     def url(self) -> str:
@@ -45,6 +50,9 @@ class Proxy:
     def restore(self) -> None:
         self._open = True
 
+    def lose_reply(self, marker: bytes) -> None:
+        self.marker = marker
+
     async def _relay(self, client: anyio.abc.SocketStream) -> None:
         async with client:
             if not self._open:
@@ -62,21 +70,42 @@ class Proxy:
                 with anyio.CancelScope() as scope:
                     self._links.add(scope)
                     try:
+                        link = _Link(scope)
                         async with anyio.create_task_group() as tg:
-                            tg.start_soon(_pump, client, upstream, scope)
-                            tg.start_soon(_pump, upstream, client, scope)
+                            tg.start_soon(self._pump, client, upstream, link, True)
+                            tg.start_soon(self._pump, upstream, client, link, False)
                     finally:
                         self._links.discard(scope)
 
+    async def _pump(
+        self,
+        src: anyio.abc.SocketStream,
+        dst: anyio.abc.SocketStream,
+        link: _Link,
+        upstream: bool,
+    ) -> None:
+        """Copy one direction; when either side closes, close the whole link."""
+        try:
+            async for chunk in src:
+                if link.mute:
+                    continue  # the reply to lose, on its way back to the client
+                marked = upstream and self.marker is not None and self.marker in chunk
+                if marked:
+                    self.marker = None
+                    link.mute = True
+                await dst.send(chunk)
+                if marked:
+                    await anyio.sleep(0.2)  # the server runs the request meanwhile
+                    break
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            link.scope.cancel()
 
-async def _pump(
-    src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, link: anyio.CancelScope
-) -> None:
-    """Copy one direction; when either side closes, close the whole link."""
-    try:
-        async for chunk in src:
-            await dst.send(chunk)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
-    finally:
-        link.cancel()
+
+class _Link:
+    """One relayed connection: its scope, and whether replies are being dropped."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self.mute = False

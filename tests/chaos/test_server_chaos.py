@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError
 
 import aqueue
-from aqueue._redis.broker import SCRIPTS
+from aqueue._redis.scripts import SCRIPTS
 from aqueue.server import EmbeddedServer, free_port
 
 from ..helpers import tail, text, wait_for

@@ -23,12 +23,19 @@
 --
 -- Returns the ids whose token no longer matched (a stale worker's late ack): those
 -- tasks were recovered by a reaper or cancelled, and this ack must change nothing.
-local now = tonumber(ARGV[1])
 -- include: chunked
+-- include: forget
+-- include: unique
+-- include: stats
+local lease, tasks, states, completed, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local uniq, uniq_exp, stats, retried, errors = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local failed_at, progress, cancels = KEYS[11], KEYS[12], KEYS[13]
+local now, day, plain = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local FIRST = 4 -- the first ARGV of the acks
 
 local ids, tokens, extra = {}, {}, {}
-local plain_end = 3 + 2 * tonumber(ARGV[3])
-for i = 4, plain_end, 2 do
+local plain_end = FIRST - 1 + 2 * plain
+for i = FIRST, plain_end, 2 do
   ids[#ids + 1] = ARGV[i]
   tokens[#ids] = ARGV[i + 1]
 end
@@ -39,39 +46,30 @@ for i = plain_end + 1, #ARGV, 5 do
 end
 if #ids == 0 then return {} end
 
-local states = call_chunked('HMGET', KEYS[3], ids)
-local done, stale, gone, finished = 0, {}, {}, {}
+local current = call_chunked('HMGET', states, ids)
+local done, stale, gone, kept = 0, {}, {}, {}
 for n, id in ipairs(ids) do
-  if states[n] ~= '@' .. tokens[n] then
+  if current[n] ~= '@' .. tokens[n] then
     stale[#stale + 1] = id
   else
-    redis.call('LREM', KEYS[1], 1, id)
-    finished[#finished + 1] = id
+    redis.call('LREM', lease, 1, id)
     done = done + 1
     local i = extra[n]
     local retention = i and tonumber(ARGV[i + 2]) or 0
     if retention > 0 then
-      redis.call('HSET', KEYS[3], id, 'completed')
-      redis.call('ZADD', KEYS[4], now + retention, id)
-      if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[5], id, ARGV[i + 3]) end
+      kept[#kept + 1] = id
+      redis.call('HSET', states, id, 'completed')
+      redis.call('ZADD', completed, now + retention, id)
+      if ARGV[i + 3] ~= '' then redis.call('HSET', results, id, ARGV[i + 3]) end
     else
       gone[#gone + 1] = id
     end
-    local digest = i and ARGV[i + 4] or ''
-    if digest ~= '' and redis.call('HGET', KEYS[6], digest) == id then
-      redis.call('HDEL', KEYS[6], digest)
-      redis.call('ZREM', KEYS[7], digest)
-    end
+    release_unique(uniq, uniq_exp, i and ARGV[i + 4] or '', id)
   end
 end
 if #gone > 0 then
-  for _, key in ipairs({KEYS[2], KEYS[3], KEYS[9], KEYS[10], KEYS[11], KEYS[12]}) do
-    call_chunked('HDEL', key, gone)
-  end
+  forget_tasks(gone, tasks, states, retried, errors, failed_at, results, progress, cancels)
 end
-if done > 0 then
-  call_chunked('SREM', KEYS[13], finished)
-  redis.call('HINCRBY', KEYS[8], 'p', done)
-  redis.call('HINCRBY', KEYS[8], 'p:' .. ARGV[2], done)
-end
+if #kept > 0 then call_chunked('SREM', cancels, kept) end
+if done > 0 then count_processed(stats, day, done) end
 return stale

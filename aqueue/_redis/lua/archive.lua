@@ -22,18 +22,15 @@
 --      pending tasks are taken from the head of the queue. An id whose state says
 --      otherwise is a stale entry: it is dropped, not moved.
 -- include: take
-local now = tonumber(ARGV[3])
-local sets = {scheduled = KEYS[3], retry = KEYS[4]}
+-- include: archive_task
+local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local archived, tasks, uniq, uniq_exp = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local mode, target, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local sets = {scheduled = scheduled, retry = retry}
 
 local function archive(id)
-  redis.call('HSET', KEYS[1], id, 'archived')
-  redis.call('ZADD', KEYS[5], now, id)
-  local msg = redis.call('HGET', KEYS[6], id)
-  local digest = msg and string.match(msg, '^%d+|([^|]*)|') or ''
-  if digest ~= '' and redis.call('HGET', KEYS[7], digest) == id then
-    redis.call('HDEL', KEYS[7], digest)
-    redis.call('ZREM', KEYS[8], digest)
-  end
+  local digest = digest_of(redis.call('HGET', tasks, id))
+  archive_task(states, archived, uniq, uniq_exp, id, now, digest)
 end
 
-return take(KEYS[1], KEYS[2], sets, ARGV[1], ARGV[2], tonumber(ARGV[4]), archive)
+return take(states, pending, sets, mode, target, limit, archive)

@@ -19,29 +19,27 @@
 --
 -- Returns the task's state before the call ("pending", "active", "completed", ...), or
 -- false when there is no such task.
-local id, now = ARGV[2], tonumber(ARGV[1])
-local state = redis.call('HGET', KEYS[1], id)
+-- include: archive_task
+local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local archived, errors, failed_at, uniq = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local uniq_exp, tasks, cancels = KEYS[9], KEYS[10], KEYS[11]
+local now, id = tonumber(ARGV[1]), ARGV[2]
+local state = redis.call('HGET', states, id)
 if not state then return false end
 if string.sub(state, 1, 1) == '@' then
-  redis.call('SADD', KEYS[11], id)
+  redis.call('SADD', cancels, id)
   return 'active'
 end
 if state == 'completed' or state == 'archived' then return state end
 if state == 'pending' then
-  redis.call('LREM', KEYS[2], 0, id)
+  redis.call('LREM', pending, 0, id)
 elseif state == 'scheduled' then
-  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', scheduled, id)
 else
-  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', retry, id)
 end
-redis.call('HSET', KEYS[1], id, 'archived')
-redis.call('ZADD', KEYS[5], now, id)
-redis.call('HSET', KEYS[6], id, 'cancelled')
-redis.call('HSET', KEYS[7], id, now)
-local msg = redis.call('HGET', KEYS[10], id)
-local digest = msg and string.match(msg, '^%d+|([^|]*)|') or ''
-if digest ~= '' and redis.call('HGET', KEYS[8], digest) == id then
-  redis.call('HDEL', KEYS[8], digest)
-  redis.call('ZREM', KEYS[9], digest)
-end
+redis.call('HSET', errors, id, 'cancelled')
+redis.call('HSET', failed_at, id, now)
+local digest = digest_of(redis.call('HGET', tasks, id))
+archive_task(states, archived, uniq, uniq_exp, id, now, digest)
 return state

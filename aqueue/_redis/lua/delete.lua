@@ -28,18 +28,20 @@
 --      "taken". An id whose state says otherwise is a stale entry: it is dropped from
 --      the source, the task kept.
 -- include: take
-local sets = {scheduled = KEYS[3], retry = KEYS[4], archived = KEYS[5], completed = KEYS[6]}
+-- include: forget
+-- include: unique
+local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local archived, completed, tasks, retried = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local errors, failed_at, results, progress = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local uniq, uniq_exp, cancels = KEYS[13], KEYS[14], KEYS[15]
+local mode, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sets = {
+  scheduled = scheduled, retry = retry, archived = archived, completed = completed,
+}
 
-local function forget(id)
-  local msg = redis.call('HGET', KEYS[7], id)
-  local digest = msg and string.match(msg, '^%d+|([^|]*)|') or ''
-  if digest ~= '' and redis.call('HGET', KEYS[13], digest) == id then
-    redis.call('HDEL', KEYS[13], digest)
-    redis.call('ZREM', KEYS[14], digest)
-  end
-  redis.call('HDEL', KEYS[1], id)
-  for k = 7, 12 do redis.call('HDEL', KEYS[k], id) end
-  redis.call('SREM', KEYS[15], id)
+local function delete(id)
+  release_unique(uniq, uniq_exp, digest_of(redis.call('HGET', tasks, id)), id)
+  forget_tasks({id}, tasks, states, retried, errors, failed_at, results, progress, cancels)
 end
 
-return take(KEYS[1], KEYS[2], sets, ARGV[1], ARGV[2], tonumber(ARGV[3]), forget)
+return take(states, pending, sets, mode, target, limit, delete)

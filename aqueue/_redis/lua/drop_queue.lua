@@ -11,9 +11,11 @@
 -- it runs for it), and the late writes of those handlers are refused by their tokens.
 -- Returns -n (n >= 1 tasks, nothing removed) when the queue is not empty and force is
 -- off, else the number of keys removed.
-if ARGV[1] ~= '1' then
-  local n = redis.call('HLEN', KEYS[1])
-  if n == 0 then n = redis.call('LLEN', KEYS[2]) end
+local states, pending = KEYS[1], KEYS[2]
+local force = ARGV[1]
+if force ~= '1' then
+  local n = redis.call('HLEN', states)
+  if n == 0 then n = redis.call('LLEN', pending) end
   if n > 0 then return -n end
 end
 local removed = 0

@@ -4,15 +4,17 @@
 -- KEYS[2] scheduled  ZSET  id -> due time (ms)
 -- KEYS[3] tasks      HASH  id -> "<max_retry>|<unique digest>|<msgpack body>" (_codec)
 -- KEYS[4] states     HASH  id -> state ("pending", "scheduled", "@<token>" when active, ...)
--- KEYS[5] uniq       HASH  unique digest -> id holding the lock     } only when a task of
--- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)        } the call is unique
--- KEYS[7] cron       HASH  cron entry -> last tick enqueued (ms)    } only for a cron
--- KEYS[8] cronlog    LIST  "<entry>|<tick ms>|<id>", newest first   } tick
--- ARGV[1] now (ms)
--- ARGV[2] group size: 3 (id, message, due) or 5 (id, message, due, unique digest ("" =
---         none), unique ttl (ms)); due is ms, 0 = now
--- ARGV[3..5] with 8 keys only: cron entry, cron tick (ms), how many cronlog items to keep
--- ARGV[3.. or 6..] the tasks, in groups of the size above
+-- KEYS[5] uniq       HASH  unique digest -> id holding the lock     } modes "unique" and
+-- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)        } "cron" only
+-- KEYS[7] cron       HASH  cron entry -> last tick enqueued (ms)    } mode "cron" only
+-- KEYS[8] cronlog    LIST  "<entry>|<tick ms>|<id>", newest first   }
+-- ARGV[1] mode: "plain" (4 keys; each task as 3 arguments: id, message, due),
+--         "unique" (6 keys; each task as 5 arguments: id, message, due, unique digest
+--         ("" = none), unique ttl (ms)) or "cron" (8 keys; one task of 5 arguments, for
+--         one tick of a cron entry); due is ms, 0 = now
+-- ARGV[2] now (ms)
+-- ARGV[3..5] mode "cron" only: cron entry, cron tick (ms), how many cronlog items to keep
+-- ARGV[3.. or 6..] the tasks
 --
 -- A plain enqueue declares and sends only what it touches: 4 keys and 3 arguments a
 -- task, which keeps the hot path's calls small.
@@ -21,29 +23,32 @@
 -- check and the write are one atomic step, so each tick is enqueued exactly once.
 -- A task is checked and written as a unit, so a refused task writes nothing; the
 -- tasks of one call are independent (one refusal does not undo the others).
-local now, size = tonumber(ARGV[1]), tonumber(ARGV[2])
-local first = 3
-if #KEYS == 8 then
-  local entry, tick = ARGV[3], tonumber(ARGV[4])
-  if tonumber(redis.call('HGET', KEYS[7], entry) or '-1') >= tick then return 'skip' end
-  redis.call('HSET', KEYS[7], entry, tick)
-  redis.call('LPUSH', KEYS[8], entry .. '|' .. tick .. '|' .. ARGV[6])
-  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[5]) - 1)
+local pending, scheduled, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local uniq, uniq_exp, cron, cronlog = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local mode, now = ARGV[1], tonumber(ARGV[2])
+local size, first = 5, 3
+if mode == 'plain' then size = 3 end
+if mode == 'cron' then
+  local entry, tick, keep = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
   first = 6
+  if tonumber(redis.call('HGET', cron, entry) or '-1') >= tick then return 'skip' end
+  redis.call('HSET', cron, entry, tick)
+  redis.call('LPUSH', cronlog, entry .. '|' .. tick .. '|' .. ARGV[first])
+  redis.call('LTRIM', cronlog, 0, keep - 1)
 end
 local out = {}
 for i = first, #ARGV, size do
   local id, msg, due = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local digest = size == 5 and ARGV[i + 3] or ''
-  local state = redis.call('HGET', KEYS[4], id)
+  local state = redis.call('HGET', states, id)
   if state then
     out[#out + 1] = {'conflict', state}
   else
     local holder = false
     if digest ~= '' then
-      holder = redis.call('HGET', KEYS[5], digest)
+      holder = redis.call('HGET', uniq, digest)
       if holder then
-        local exp = tonumber(redis.call('ZSCORE', KEYS[6], digest) or '0')
+        local exp = tonumber(redis.call('ZSCORE', uniq_exp, digest) or '0')
         if exp <= now then holder = false end
       end
     end
@@ -51,16 +56,16 @@ for i = first, #ARGV, size do
       out[#out + 1] = {'dup', holder}
     else
       if digest ~= '' then
-        redis.call('HSET', KEYS[5], digest, id)
-        redis.call('ZADD', KEYS[6], now + tonumber(ARGV[i + 4]), digest)
+        redis.call('HSET', uniq, digest, id)
+        redis.call('ZADD', uniq_exp, now + tonumber(ARGV[i + 4]), digest)
       end
-      redis.call('HSET', KEYS[3], id, msg)
+      redis.call('HSET', tasks, id, msg)
       if due > now then
-        redis.call('HSET', KEYS[4], id, 'scheduled')
-        redis.call('ZADD', KEYS[2], due, id)
+        redis.call('HSET', states, id, 'scheduled')
+        redis.call('ZADD', scheduled, due, id)
       else
-        redis.call('HSET', KEYS[4], id, 'pending')
-        redis.call('LPUSH', KEYS[1], id)
+        redis.call('HSET', states, id, 'pending')
+        redis.call('LPUSH', pending, id)
       end
       out[#out + 1] = 'ok'
     end

@@ -1,20 +1,19 @@
 -- fail: end a failed attempt of one task, fenced by its token.
 --
 -- KEYS[1] lease      LIST  the worker's lease list for this queue
--- KEYS[2] pending    LIST
--- KEYS[3] tasks      HASH  id -> message
--- KEYS[4] states     HASH  id -> state
--- KEYS[5] retry      ZSET  id -> next attempt time (ms)
--- KEYS[6] archived   ZSET  id -> archive time (ms)
--- KEYS[7] uniq       HASH  unique digest -> id
--- KEYS[8] uniq_exp   ZSET
--- KEYS[9] stats      HASH
--- KEYS[10] retried   HASH  id -> retry count
--- KEYS[11] errors    HASH  id -> last error
--- KEYS[12] failed_at HASH  id -> last failure time (ms)
--- KEYS[13] progress  HASH  id -> encoded progress
--- KEYS[14] results   HASH  id -> encoded result
--- KEYS[15] cancels   SET   ids whose cancellation was asked
+-- KEYS[2] tasks      HASH  id -> message
+-- KEYS[3] states     HASH  id -> state
+-- KEYS[4] retry      ZSET  id -> next attempt time (ms)
+-- KEYS[5] archived   ZSET  id -> archive time (ms)
+-- KEYS[6] uniq       HASH  unique digest -> id
+-- KEYS[7] uniq_exp   ZSET
+-- KEYS[8] stats      HASH
+-- KEYS[9] retried    HASH  id -> retry count
+-- KEYS[10] errors    HASH  id -> last error
+-- KEYS[11] failed_at HASH  id -> last failure time (ms)
+-- KEYS[12] progress  HASH  id -> encoded progress
+-- KEYS[13] results   HASH  id -> encoded result
+-- KEYS[14] cancels   SET   ids whose cancellation was asked
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] id
@@ -27,41 +26,37 @@
 -- ARGV[9] 1 to count the attempt as a failure in the stats, 0 not to
 --
 -- Returns 1, or 0 when the token no longer matched (nothing was changed).
-local now, id = tonumber(ARGV[1]), ARGV[3]
-if redis.call('HGET', KEYS[4], id) ~= '@' .. ARGV[4] then return 0 end
-redis.call('LREM', KEYS[1], 1, id)
-local action = ARGV[5]
-if redis.call('SREM', KEYS[15], id) == 1 and action ~= 'revoke' then
+-- include: forget
+-- include: unique
+-- include: archive_task
+-- include: stats
+local lease, tasks, states, retry, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local uniq, uniq_exp, stats, retried, errors = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local failed_at, progress, results, cancels = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local now, day, id, token, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local next_at, error_text, digest, counted = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+if redis.call('HGET', states, id) ~= '@' .. token then return 0 end
+redis.call('LREM', lease, 1, id)
+if redis.call('SREM', cancels, id) == 1 and action ~= 'revoke' then
   -- Cancelled while it ran: whatever it raised, it ends archived as cancelled.
   action = 'archive'
-  ARGV[7] = 'cancelled'
+  error_text = 'cancelled'
 end
-if ARGV[9] == '1' then
-  redis.call('HINCRBY', KEYS[9], 'p', 1)
-  redis.call('HINCRBY', KEYS[9], 'p:' .. ARGV[2], 1)
-  redis.call('HINCRBY', KEYS[9], 'f', 1)
-  redis.call('HINCRBY', KEYS[9], 'f:' .. ARGV[2], 1)
-end
+if counted == '1' then count_failed(stats, day) end
 if action == 'revoke' then
-  for k = 3, 4 do redis.call('HDEL', KEYS[k], id) end
-  for k = 10, 14 do redis.call('HDEL', KEYS[k], id) end
-else
-  redis.call('HSET', KEYS[11], id, ARGV[7])
-  redis.call('HSET', KEYS[12], id, now)
-  if action == 'retry' or action == 'again' then
-    if action == 'retry' then redis.call('HINCRBY', KEYS[10], id, 1) end
-    redis.call('HDEL', KEYS[13], id)  -- the next attempt reports its own progress
-    redis.call('HSET', KEYS[4], id, 'retry')
-    redis.call('ZADD', KEYS[5], tonumber(ARGV[6]), id)
-    return 1
-  end
-  redis.call('HSET', KEYS[4], id, 'archived')
-  redis.call('ZADD', KEYS[6], now, id)
+  -- A final state: the unique lock goes with everything else.
+  release_unique(uniq, uniq_exp, digest, id)
+  forget_tasks({id}, tasks, states, retried, errors, failed_at, results, progress, cancels)
+  return 1
 end
--- Archived or revoked: a final state, so the unique lock goes.
-local digest = ARGV[8]
-if digest ~= '' and redis.call('HGET', KEYS[7], digest) == id then
-  redis.call('HDEL', KEYS[7], digest)
-  redis.call('ZREM', KEYS[8], digest)
+redis.call('HSET', errors, id, error_text)
+redis.call('HSET', failed_at, id, now)
+if action == 'retry' or action == 'again' then
+  if action == 'retry' then redis.call('HINCRBY', retried, id, 1) end
+  redis.call('HDEL', progress, id)  -- the next attempt reports its own progress
+  redis.call('HSET', states, id, 'retry')
+  redis.call('ZADD', retry, next_at, id)
+  return 1
 end
+archive_task(states, archived, uniq, uniq_exp, id, now, digest)
 return 1

@@ -9,22 +9,20 @@
 --
 -- Returns {moved, next}: how many moved, and the earliest due time still waiting
 -- (ms, -1 when both sets are empty) so the caller can sleep exactly until then.
+-- include: pending
+local scheduled, retry, pending, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local moved = 0
-for k = 1, 2 do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, limit)
+for _, set in ipairs({scheduled, retry}) do
+  local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
-    redis.call('ZREM', KEYS[k], id)
-    if redis.call('HEXISTS', KEYS[4], id) == 1 then
-      redis.call('HSET', KEYS[4], id, 'pending')
-      redis.call('LPUSH', KEYS[3], id)
-      moved = moved + 1
-    end
+    redis.call('ZREM', set, id)
+    if make_pending(states, pending, id, 'LPUSH') then moved = moved + 1 end
   end
 end
 local nxt = -1
-for k = 1, 2 do
-  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+for _, set in ipairs({scheduled, retry}) do
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if first[2] then
     local t = tonumber(first[2])
     if nxt < 0 or t < nxt then nxt = t end

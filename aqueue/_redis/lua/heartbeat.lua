@@ -8,7 +8,9 @@
 -- Returns 1 when the lease was live, 0 when it had expired or was gone (a reaper may
 -- have taken this worker's tasks back: the worker must treat what it holds as lost).
 -- Either way the lease is live again afterwards.
-local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
-redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[1])
-if old > tonumber(ARGV[2]) then return 1 end
+local leases = KEYS[1]
+local wid, now, expiry = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = tonumber(redis.call('ZSCORE', leases, wid) or '0')
+redis.call('ZADD', leases, expiry, wid)
+if old > now then return 1 end
 return 0

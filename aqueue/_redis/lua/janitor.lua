@@ -24,49 +24,52 @@
 -- ARGV[4] at most this many deletions of each kind per call
 --
 -- Returns {deleted tasks, released locks, 1 if more work is left else 0}.
+-- include: forget
+local completed, archived, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local retried, errors, failed_at, results = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local progress, uniq, uniq_exp, cancels = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local now, max_size, max_age, limit =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local deleted = 0
 
 local function forget(id)
-  for k = 3, 9 do redis.call('HDEL', KEYS[k], id) end
-  redis.call('SREM', KEYS[12], id)
+  forget_tasks({id}, tasks, states, retried, errors, failed_at, results, progress, cancels)
   deleted = deleted + 1
 end
 
 local more = 0
-local done = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local done = redis.call('ZRANGEBYSCORE', completed, '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(done) do
-  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', completed, id)
   -- The id may have been reused since (deleted, then enqueued again): only a task
   -- still completed is this entry's.
-  if redis.call('HGET', KEYS[4], id) == 'completed' then forget(id) end
+  if redis.call('HGET', states, id) == 'completed' then forget(id) end
 end
 if #done == limit then more = 1 end
 
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - max_age, 'LIMIT', 0, limit)
+local old = redis.call('ZRANGEBYSCORE', archived, '-inf', now - max_age, 'LIMIT', 0, limit)
 for _, id in ipairs(old) do
-  redis.call('ZREM', KEYS[2], id)
-  if redis.call('HGET', KEYS[4], id) == 'archived' then forget(id) end
+  redis.call('ZREM', archived, id)
+  if redis.call('HGET', states, id) == 'archived' then forget(id) end
 end
 if #old == limit then more = 1 end
 
-local over = redis.call('ZCARD', KEYS[2]) - max_size
+local over = redis.call('ZCARD', archived) - max_size
 if over > 0 then
   local n = math.min(over, limit)
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, n - 1)
+  local oldest = redis.call('ZRANGE', archived, 0, n - 1)
   for _, id in ipairs(oldest) do
-    redis.call('ZREM', KEYS[2], id)
-    if redis.call('HGET', KEYS[4], id) == 'archived' then forget(id) end
+    redis.call('ZREM', archived, id)
+    if redis.call('HGET', states, id) == 'archived' then forget(id) end
   end
   if over > limit then more = 1 end
 end
 
 local released = 0
-local locks = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'LIMIT', 0, limit)
+local locks = redis.call('ZRANGEBYSCORE', uniq_exp, '-inf', now, 'LIMIT', 0, limit)
 for _, digest in ipairs(locks) do
-  redis.call('ZREM', KEYS[11], digest)
-  redis.call('HDEL', KEYS[10], digest)
+  redis.call('ZREM', uniq_exp, digest)
+  redis.call('HDEL', uniq, digest)
   released = released + 1
 end
 if #locks == limit then more = 1 end

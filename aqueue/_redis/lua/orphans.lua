@@ -13,17 +13,15 @@
 --
 -- Returns how many ids went back to the head of the queue. No attempt is counted: the
 -- worker cannot tell whether a handler ever ran, and at-least-once allows a re-run.
+-- include: pending
+local lease, pending, states = KEYS[1], KEYS[2], KEYS[3]
 local keep = {}
 for _, id in ipairs(ARGV) do keep[id] = true end
 local n = 0
-for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+for _, id in ipairs(redis.call('LRANGE', lease, 0, -1)) do
   if not keep[id] then
-    redis.call('LREM', KEYS[1], 0, id)
-    if redis.call('HEXISTS', KEYS[3], id) == 1 then
-      redis.call('HSET', KEYS[3], id, 'pending')
-      redis.call('RPUSH', KEYS[2], id)
-      n = n + 1
-    end
+    redis.call('LREM', lease, 0, id)
+    if make_pending(states, pending, id, 'RPUSH') then n = n + 1 end
   end
 end
 return n

@@ -23,57 +23,57 @@
 -- archived once its retries are spent; a task moved but never started goes back as it
 -- was. Recovered tasks go to the head of the queue: they have waited longest.
 -- Returns {recovered, archived, archived ids...}.
-local now = tonumber(ARGV[1])
-local recovered, archived = 0, 0
+-- include: header
+-- include: archive_task
+-- include: stats
+local leases, pending, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local archived, retried, errors, failed_at = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local stats, uniq, uniq_exp, cancels = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local progress = KEYS[13]
+local now, day = tonumber(ARGV[1]), ARGV[2]
+-- The lease list KEYS[FIRST_LEASE + i] belongs to the worker ARGV[FIRST_WORKER + i].
+local FIRST_LEASE, FIRST_WORKER = 14, 3
+local recovered, n_archived = 0, 0
 local archived_ids = {}
-for w = 3, #ARGV do
+for w = FIRST_WORKER, #ARGV do
   local wid = ARGV[w]
-  local lease = KEYS[w + 11]
-  local exp = redis.call('ZSCORE', KEYS[1], wid)
+  local lease = KEYS[FIRST_LEASE + w - FIRST_WORKER]
+  local exp = redis.call('ZSCORE', leases, wid)
   if exp and tonumber(exp) <= now then
     while true do
       local id = redis.call('RPOP', lease)
       if not id then break end
-      local state = redis.call('HGET', KEYS[4], id)
-      local msg = redis.call('HGET', KEYS[3], id)
+      local state = redis.call('HGET', states, id)
+      local msg = redis.call('HGET', tasks, id)
       if state and msg then
         if string.sub(state, 1, 1) == '@' then
-          local max_retry, digest = string.match(msg, '^(%d+)|([^|]*)|')
-          max_retry = tonumber(max_retry)
-          local n = redis.call('HINCRBY', KEYS[6], id, 1)
-          redis.call('HSET', KEYS[7], id, 'worker lost: the lease of worker ' .. wid ..
+          local max_retry, digest = read_header(msg)
+          local n = redis.call('HINCRBY', retried, id, 1)
+          redis.call('HSET', errors, id, 'worker lost: the lease of worker ' .. wid ..
             ' expired while the task was active')
-          redis.call('HSET', KEYS[8], id, now)
-          redis.call('HINCRBY', KEYS[9], 'p', 1)
-          redis.call('HINCRBY', KEYS[9], 'p:' .. ARGV[2], 1)
-          redis.call('HINCRBY', KEYS[9], 'f', 1)
-          redis.call('HINCRBY', KEYS[9], 'f:' .. ARGV[2], 1)
-          redis.call('HDEL', KEYS[13], id)
-          local cancelled = redis.call('SREM', KEYS[12], id) == 1
-          if cancelled then redis.call('HSET', KEYS[7], id, 'cancelled') end
+          redis.call('HSET', failed_at, id, now)
+          count_failed(stats, day)
+          redis.call('HDEL', progress, id)
+          local cancelled = redis.call('SREM', cancels, id) == 1
+          if cancelled then redis.call('HSET', errors, id, 'cancelled') end
           if n > max_retry or cancelled then
-            redis.call('HSET', KEYS[4], id, 'archived')
-            redis.call('ZADD', KEYS[5], now, id)
-            if digest ~= '' and redis.call('HGET', KEYS[10], digest) == id then
-              redis.call('HDEL', KEYS[10], digest)
-              redis.call('ZREM', KEYS[11], digest)
-            end
-            archived = archived + 1
+            archive_task(states, archived, uniq, uniq_exp, id, now, digest)
+            n_archived = n_archived + 1
             archived_ids[#archived_ids + 1] = id
           else
-            redis.call('HSET', KEYS[4], id, 'pending')
-            redis.call('RPUSH', KEYS[2], id)
+            redis.call('HSET', states, id, 'pending')
+            redis.call('RPUSH', pending, id)
             recovered = recovered + 1
           end
         elseif state == 'pending' then
-          redis.call('RPUSH', KEYS[2], id)
+          redis.call('RPUSH', pending, id)
           recovered = recovered + 1
         end
       end
     end
-    redis.call('ZREM', KEYS[1], wid)
+    redis.call('ZREM', leases, wid)
   end
 end
-local out = {recovered, archived}
+local out = {recovered, n_archived}
 for _, id in ipairs(archived_ids) do out[#out + 1] = id end
 return out

@@ -11,27 +11,30 @@
 -- ARGV[3..] pairs: id, token
 --
 -- Returns how many tasks went back to the queue.
+local lease, pending, states, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local leaving, wid = ARGV[1], ARGV[2]
+local FIRST = 3 -- the first ARGV of the pairs
 local n = 0
-for i = 3, #ARGV, 2 do
+for i = FIRST, #ARGV, 2 do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[3], id) == '@' .. ARGV[i + 1] then
-    redis.call('LREM', KEYS[1], 1, id)
-    redis.call('HSET', KEYS[3], id, 'pending')
-    redis.call('RPUSH', KEYS[2], id)
+  if redis.call('HGET', states, id) == '@' .. ARGV[i + 1] then
+    redis.call('LREM', lease, 1, id)
+    redis.call('HSET', states, id, 'pending')
+    redis.call('RPUSH', pending, id)
     n = n + 1
   end
 end
-if ARGV[1] == '1' then
+if leaving == '1' then
   -- Anything left was moved in by a claim whose reply never arrived: it was never
   -- started, so it goes back as it was.
   while true do
-    local id = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
+    local id = redis.call('RPOPLPUSH', lease, pending)
     if not id then break end
-    if redis.call('HEXISTS', KEYS[3], id) == 1 then
-      redis.call('HSET', KEYS[3], id, 'pending')
+    if redis.call('HEXISTS', states, id) == 1 then
+      redis.call('HSET', states, id, 'pending')
       n = n + 1
     end
   end
-  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZREM', leases, wid)
 end
 return n

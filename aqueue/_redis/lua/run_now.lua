@@ -17,16 +17,19 @@
 --      retry or archived), or false when there is no such task.
 -- all: returns {moved, taken}: tasks moved, and ids taken off the source set. An id whose
 --      state says otherwise is a stale entry: it is dropped, not moved.
-local sets = {scheduled = KEYS[3], retry = KEYS[4], archived = KEYS[5]}
+local states, pending, scheduled = KEYS[1], KEYS[2], KEYS[3]
+local retry, archived = KEYS[4], KEYS[5]
+local mode, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sets = {scheduled = scheduled, retry = retry, archived = archived}
 
 local function run(id)
-  redis.call('HSET', KEYS[1], id, 'pending')
-  redis.call('LPUSH', KEYS[2], id)
+  redis.call('HSET', states, id, 'pending')
+  redis.call('LPUSH', pending, id)
 end
 
-if ARGV[1] == 'one' then
-  local id = ARGV[2]
-  local state = redis.call('HGET', KEYS[1], id)
+if mode == 'one' then
+  local id = target
+  local state = redis.call('HGET', states, id)
   if not state then return false end
   local set = sets[state]
   if set then
@@ -36,12 +39,12 @@ if ARGV[1] == 'one' then
   return state
 end
 
-local state = ARGV[2]
-local popped = redis.call('ZPOPMIN', sets[state], tonumber(ARGV[3]))
+local state = target
+local popped = redis.call('ZPOPMIN', sets[state], limit)
 local moved = 0
 for i = 1, #popped, 2 do
   local id = popped[i]
-  if redis.call('HGET', KEYS[1], id) == state then
+  if redis.call('HGET', states, id) == state then
     run(id)
     moved = moved + 1
   end

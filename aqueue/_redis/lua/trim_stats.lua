@@ -5,11 +5,13 @@
 --
 -- The hash holds two fields per day since the last trim, so this stays small.
 -- Returns how many fields were removed.
+local stats = KEYS[1]
+local oldest = ARGV[1]
 local removed = 0
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+for _, field in ipairs(redis.call('HKEYS', stats)) do
   local day = string.match(field, '^[pf]:(.+)$')
-  if day and day < ARGV[1] then
-    removed = removed + redis.call('HDEL', KEYS[1], field)
+  if day and day < oldest then
+    removed = removed + redis.call('HDEL', stats, field)
   end
 end
 return removed

@@ -1,7 +1,7 @@
 -- chunked: run a command whose last arguments are a long list, in parts (unpack() takes
 -- a bounded number of values), gathering the replies of a command that returns a list.
--- Used by the batched claim.lua and ack.lua: one call a batch per hash, not a call per
--- task, because a call from Lua costs more than the work it does.
+-- Used by the batched claim.lua and ack.lua (and forget): one call a batch per hash, not
+-- a call per task, because a call from Lua costs more than the work it does.
 local CHUNK = 500 -- even, so HSET field/value pairs never split
 local function call_chunked(cmd, key, values)
   local replies = {}

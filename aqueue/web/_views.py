@@ -1,39 +1,14 @@
-"""Turning Inspector results into what the templates show: durations, ages, JSON text and
-the bars of the per-day chart. Pure functions, no I/O."""
+"""What the dashboard's templates show beyond durations, times and sizes (those come
+from ``aqueue._format``, shared with the CLI): values as JSON text, and the bars of the
+per-day chart. Pure functions, no I/O."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from .._task import DailyStats
-
-
-def duration(seconds: float) -> str:
-    """``42ms``, ``3.2s``, ``5m 10s``, ``2h 5m``, ``3d 4h``."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} {(s % size) // sub_size}{sub}"
-    return f"{s // 60}m {s % 60}s"
-
-
-def relative(when: datetime | None, now: datetime | None = None) -> str:
-    """``3m 10s ago`` or ``in 5.0s``; an empty string for no time."""
-    if when is None:
-        return ""
-    delta = (when - (now or datetime.now(UTC))).total_seconds()
-    return f"in {duration(delta)}" if delta > 0 else f"{duration(-delta)} ago"
-
-
-def stamp(when: datetime | None) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
 
 
 def pretty(value: Any) -> str:
@@ -52,15 +27,6 @@ def short(value: Any, limit: int = 80) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def merge(histories: list[list[DailyStats]]) -> list[DailyStats]:

@@ -1,0 +1,185 @@
+"""Reading what the server holds, as the public Structs: tasks (for ``Client.result``
+and the Inspector), live workers, and the cron entries the schedulers registered.
+
+Functions of a ``Broker``, so that each caller reads through its own (its errors name
+the caller's URL, its calls share the caller's watchdog). Reads are pipelined plain
+commands, never a script: a consistent-enough snapshot in one or two round trips.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ._codec import decode_message, decode_value
+from ._cron import CronEntry, CronRun, CronSpec
+from ._redis.broker import Broker
+from ._redis.keys import queue_keys, queues_key, worker_key, workers_key
+from ._task import TaskInfo, WorkerInfo, check_queue_name, from_ms
+from .errors import TaskNotFound
+
+# Per task, read_tasks reads these hash fields, then these sorted-set scores.
+_TASK_HASHES = ("states", "tasks", "retried", "errors", "failed_at", "results", "progress")
+_TASK_SETS = ("scheduled", "retry", "completed")
+
+
+async def get_task(broker: Broker, queue: str, task_id: str) -> TaskInfo:
+    """One task as stored now; ``TaskNotFound`` if there is no such task."""
+    check_queue_name(queue)
+    (task,) = await read_tasks(broker, [(queue, task_id)])
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} in queue {queue!r}")
+    return task
+
+
+async def read_tasks(broker: Broker, refs: Sequence[tuple[str, str]]) -> list[TaskInfo | None]:
+    """Read many (queue, id) tasks in one round trip; ``None`` for a missing one."""
+    if not refs:
+        return []
+
+    async def read() -> list[Any]:
+        pipe = broker.redis.pipeline(transaction=False)
+        for queue, task_id in refs:
+            k = queue_keys(broker.prefix, queue)
+            for h in _TASK_HASHES:
+                pipe.hget(getattr(k, h), task_id)
+            for z in _TASK_SETS:
+                pipe.zscore(getattr(k, z), task_id)
+        return list(await pipe.execute())
+
+    replies = await broker.run(read)
+    n = len(_TASK_HASHES) + len(_TASK_SETS)
+    return [
+        _task_info(queue, task_id, replies[i * n : (i + 1) * n])
+        for i, (queue, task_id) in enumerate(refs)
+    ]
+
+
+def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | None:
+    state, message, retried, error, failed_at, result, progress, sched, retry, done = replies
+    if state is None or message is None:
+        return None
+    max_retry, _, body = decode_message(message)
+    state_text = text(state)
+    due = sched if state_text == "scheduled" else retry if state_text == "retry" else None
+    completed_at = None
+    if state_text == "completed" and isinstance(done, float):
+        completed_at = from_ms(int(done - body.retention * 1000))
+    return TaskInfo(
+        id=task_id,
+        queue=queue,
+        type=body.type,
+        payload=decode_value(body.payload),
+        state="active" if state_text.startswith("@") else state_text,
+        max_retry=max_retry,
+        retried=int(retried) if retried is not None else 0,
+        last_error=text(error) if error is not None else None,
+        last_failed_at=from_ms(int(failed_at)) if failed_at is not None else None,
+        timeout=body.timeout or None,
+        deadline=from_ms(body.deadline),
+        next_process_at=from_ms(int(due)) if isinstance(due, float) else None,
+        completed_at=completed_at,
+        result=decode_value(result) if isinstance(result, bytes) else None,
+        enqueued_at=from_ms(body.enqueued_at),
+        retention=body.retention,
+        headers=body.headers or {},
+        progress=decode_value(progress) if isinstance(progress, bytes) else None,
+    )
+
+
+async def read_workers(broker: Broker) -> list[WorkerInfo]:
+    """Live workers, each with the tasks it is running now, oldest started first."""
+    b = broker
+    now = int(time.time() * 1000)
+    ids = [
+        text(i)
+        for i in await b.run(
+            lambda: b.redis.zrangebyscore(workers_key(b.prefix), f"({now}", "+inf")
+        )
+    ]
+    if not ids:
+        return []
+    # One GET each in a pipeline, not MGET: on a cluster the cards live on any node.
+    read = b.redis.pipeline(transaction=False)
+    for i in ids:
+        read.get(worker_key(b.prefix, i))
+    cards = await b.run(read.execute)
+    workers = [w for w in (_worker_info(card) for card in cards) if w is not None]
+    leases = [(w, q) for w in workers for q in w.queues]
+    pipe = b.redis.pipeline(transaction=False)
+    for w, q in leases:
+        pipe.lrange(queue_keys(b.prefix, q).lease(w.id), 0, -1)
+    held = await b.run(pipe.execute) if leases else []
+    # A lease list has the newest claim on the left: read it from the right.
+    refs = [(q, text(i)) for (_, q), ids in zip(leases, held, strict=True) for i in ids[::-1]]
+    owners = [w for (w, _), ids in zip(leases, held, strict=True) for _ in ids]
+    for w, task in zip(owners, await read_tasks(b, refs), strict=True):
+        if task is not None and task.state == "active":
+            w.active.append(task)
+    return sorted(workers, key=lambda w: (w.started_at, w.id))
+
+
+def _worker_info(card: bytes | str | None) -> WorkerInfo | None:
+    """A registry card (written by the worker's lease keeper) as a ``WorkerInfo``;
+    ``None`` when it expired between the two reads or cannot be read."""
+    if not isinstance(card, bytes):
+        return None
+    try:
+        data = decode_value(card)
+        queues = {str(q): float(w) for q, w in data["queues"].items()}
+        return WorkerInfo(
+            id=str(data["id"]),
+            host=str(data["host"]),
+            pid=int(data["pid"]),
+            queues=queues,
+            concurrency=int(data["concurrency"]),
+            started_at=from_ms(int(data["started_at"])) or datetime.now(UTC),
+        )
+    except Exception:  # a card written by another version: skip it, do not fail
+        return None
+
+
+async def read_cron_entries(broker: Broker) -> list[CronEntry]:
+    """Every cron entry any scheduler has registered, once each, with next and last runs
+    and recent history (newest first)."""
+    b = broker
+    members = await b.run(lambda: b.redis.smembers(queues_key(b.prefix)))
+    names = sorted(text(n) for n in members)
+    commands: list[tuple[Any, ...]] = []
+    for q in names:
+        k = queue_keys(b.prefix, q)
+        commands += [("HGETALL", k.crondef), ("HGETALL", k.cron), ("LRANGE", k.cronlog, 0, -1)]
+    replies = await b.run(lambda: b.scripts([], commands)) if commands else []
+    now = int(time.time() * 1000)
+    out: list[CronEntry] = []
+    for i, q in enumerate(names):
+        defs, lasts, log_items = replies[3 * i : 3 * i + 3]
+        history: dict[str, list[CronRun]] = {}
+        for item in log_items:
+            name, tick, task_id = item.decode().rsplit("|", 2)
+            history.setdefault(name, []).append(CronRun(tick=from_ms(int(tick)), task_id=task_id))  # type: ignore[arg-type]
+        for raw_name, raw_def in sorted(defs.items()):
+            name = raw_name.decode()
+            d = decode_value(raw_def)
+            spec = CronSpec(name, d["spec"], d["task"], None, {}, tz=d["tz"])
+            last = lasts.get(raw_name)
+            out.append(
+                CronEntry(
+                    name=name,
+                    spec=d["spec"],
+                    tz=d["tz"],
+                    task=d["task"],
+                    queue=q,
+                    next_run=from_ms(spec.next_after(now)),
+                    last_run=from_ms(int(last)) if last is not None else None,
+                    history=history.get(name, []),
+                )
+            )
+    return out
+
+
+def text(value: Any) -> str:
+    """A reply as text (replies are bytes, or str with ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

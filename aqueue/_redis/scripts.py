@@ -1,0 +1,362 @@
+"""The Lua scripts, and one typed function per script that builds its call.
+
+Every server-side state change is a script in ``lua/`` (KEYS and ARGV in its header).
+``SCRIPTS`` loads them all once per process. For each script, a function here takes
+what the call means (a queue's keys, a worker id, a task id...) and returns the
+``Call`` that ``Broker.scripts`` sends: so a script's key order and argument layout are
+written in two places only, its Lua header and its function. Where a reply has a
+structure, a ``parse_*`` function next to the script's turns it into named values.
+
+The calls on the hot path (``claim``, ``ack``, ``enqueue``) build their tuples directly:
+no object per call beyond the call itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any, Literal, NamedTuple
+
+from .keys import QueueKeys
+
+_LUA = resources.files(__package__) / "lua"
+_INCLUDE = "-- include: "
+
+
+class Script:
+    """A Lua script from ``lua/``, sent by SHA.
+
+    A line ``-- include: NAME`` is replaced by ``lua/lib/NAME.lua`` (whose own includes
+    are expanded the same way), once per script: a script runs alone on the server, so
+    the Lua that several scripts share is pasted into each one here, from one file.
+    """
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = _expand((_LUA / f"{name}.lua").read_text(), set())
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r})"
+
+
+def _expand(source: str, included: set[str]) -> str:
+    out = []
+    for line in source.splitlines(keepends=True):
+        if not line.startswith(_INCLUDE):
+            out.append(line)
+            continue
+        name = line.removeprefix(_INCLUDE).strip()
+        if name not in included:
+            included.add(name)
+            out.append(_expand((_LUA / "lib" / f"{name}.lua").read_text(), included))
+    return "".join(out)
+
+
+class Scripts:
+    """Every script, loaded from disk once per process."""
+
+    def __init__(self) -> None:
+        # The worker's and client's.
+        self.enqueue = Script("enqueue")
+        self.claim = Script("claim")
+        self.ack = Script("ack")
+        self.fail = Script("fail")
+        self.requeue = Script("requeue")
+        self.heartbeat = Script("heartbeat")
+        self.reap = Script("reap")
+        self.orphans = Script("orphans")
+        self.janitor = Script("janitor")
+        self.forward = Script("forward")
+        self.cancel = Script("cancel")
+        # The Inspector's.
+        self.run_now = Script("run_now")
+        self.archive = Script("archive")
+        self.delete = Script("delete")
+        self.drop_queue = Script("drop_queue")
+        self.trim_stats = Script("trim_stats")
+
+
+SCRIPTS = Scripts()
+
+# A script, its keys and its arguments: what ``Broker.scripts`` sends.
+Call = tuple[Script, Sequence[str], Sequence[Any]]
+
+# The mode of run_now, archive and delete: one task by id, or a batch of one state.
+Mode = Literal["one", "all"]
+
+
+# -- enqueue -------------------------------------------------------------------------------
+
+# What enqueue.lua answers for a task it wrote, and for a cron tick already enqueued.
+WRITTEN = b"ok"
+SKIPPED = b"skip"
+# The unique digest and lock ttl of a task without a lock, in a "unique" or cron call.
+NO_LOCK = ("", 0)
+
+
+class Refused(NamedTuple):
+    """Why enqueue.lua wrote nothing for a task."""
+
+    kind: Literal["conflict", "dup"]
+    # conflict: the state of the task that has this id; dup: the id holding the lock.
+    detail: str
+
+
+def enqueue(k: QueueKeys, now_ms: int, unique: bool, tasks: Sequence[Any]) -> Call:
+    """Write tasks of one queue. ``tasks`` holds each task's arguments one after the
+    other: ``id, message, due ms (0 = now)``, and with ``unique`` two more each,
+    ``unique digest, unique ttl ms`` (``NO_LOCK`` for a task without a lock)."""
+    if unique:
+        keys: tuple[str, ...] = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp)
+        return (SCRIPTS.enqueue, keys, ["unique", now_ms, *tasks])
+    return (SCRIPTS.enqueue, (k.pending, k.scheduled, k.tasks, k.states), ["plain", now_ms, *tasks])
+
+
+def enqueue_cron(
+    k: QueueKeys, now_ms: int, entry: str, tick_ms: int, history: int, task: Sequence[Any]
+) -> Call:
+    """Enqueue.lua in its cron mode: write ``task`` (5 arguments, as with ``unique``)
+    unless the ``tick_ms`` of cron ``entry`` was enqueued already (reply ``SKIPPED``),
+    and log it in the queue's cronlog, which keeps ``history`` items."""
+    keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, k.cron, k.cronlog)
+    return (SCRIPTS.enqueue, keys, ["cron", now_ms, entry, tick_ms, history, *task])
+
+
+def parse_refused(reply: Any) -> Refused:
+    """One task's reply other than ``WRITTEN``: ``[b"conflict", state]`` or
+    ``[b"dup", holder id]``."""
+    return Refused(reply[0].decode(), reply[1].decode())
+
+
+# -- the worker's hot path -----------------------------------------------------------------
+
+
+class ClaimRefused(enum.IntEnum):
+    """Why claim.lua claimed nothing (any task a blocking move brought went back)."""
+
+    PAUSED = -1  # the queue is paused
+    LOST = -2  # the worker holds no live lease on the queue: it must renew it first
+
+
+# A claimed task: id, token, stored message, retries so far.
+ClaimedTask = tuple[bytes, bytes, bytes, int]
+
+_CLAIM_REFUSALS = {int(r): r for r in ClaimRefused}
+
+
+def claim(
+    k: QueueKeys, lease: str, n: int, worker_id: str, seq: int, now_ms: int, moved: str = ""
+) -> Call:
+    """Claim up to ``n`` pending tasks into the ``lease`` list of ``worker_id``, with
+    tokens numbered from ``seq``; ``moved``: an id a blocking move already put there."""
+    keys = (k.pending, lease, k.tasks, k.states, k.paused, k.leases, k.retried)
+    return (SCRIPTS.claim, keys, [n, worker_id, seq, now_ms, moved])
+
+
+def parse_claim(reply: Any) -> ClaimRefused | list[ClaimedTask]:
+    """The claimed tasks, oldest first, or why there are none."""
+    if isinstance(reply, int):
+        return _CLAIM_REFUSALS[reply]
+    items = iter(reply)
+    return list(zip(items, items, items, items, strict=False))
+
+
+def ack(
+    k: QueueKeys, lease: str, now_ms: int, day: str, plain: Sequence[Any], full: Sequence[Any]
+) -> Call:
+    """Finish successful attempts. ``plain``: ``id, token`` pairs of tasks with no
+    retention, result or unique lock; ``full``: the others, 5 values each: ``id, token,
+    retention ms, encoded result, unique digest``. The reply lists the ids whose token
+    was stale (nothing was written for those)."""
+    keys = (
+        lease, k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp, k.stats,
+        k.retried, k.errors, k.failed_at, k.progress, k.cancels,
+    )  # fmt: skip
+    return (SCRIPTS.ack, keys, [now_ms, day, len(plain) // 2, *plain, *full])
+
+
+def fail(
+    k: QueueKeys,
+    lease: str,
+    task_id: str,
+    token: str,
+    action: str,
+    *,
+    now_ms: int,
+    day: str,
+    due_ms: int,
+    error: str,
+    digest: str,
+    counted: bool,
+) -> Call:
+    """End a failed attempt: ``action`` "retry" (counts a retry), "again" (does not),
+    "archive" or "revoke". ``due_ms``: the next attempt's, for retry and again;
+    ``counted``: a failure in the stats. Replies 1, or 0 if the token was stale."""
+    keys = (
+        lease, k.tasks, k.states, k.retry, k.archived, k.uniq, k.uniq_exp, k.stats,
+        k.retried, k.errors, k.failed_at, k.progress, k.results, k.cancels,
+    )  # fmt: skip
+    args = [now_ms, day, task_id, token, action, due_ms, error, digest, 1 if counted else 0]
+    return (SCRIPTS.fail, keys, args)
+
+
+# -- the worker's lease and housekeeping -----------------------------------------------------
+
+
+def heartbeat(k: QueueKeys, worker_id: str, now_ms: int, expiry_ms: int) -> Call:
+    """Renew the worker's lease on the queue until ``expiry_ms``. Replies 1 if it was
+    live, 0 if it had expired or was gone."""
+    return (SCRIPTS.heartbeat, (k.leases,), [worker_id, now_ms, expiry_ms])
+
+
+def requeue(
+    k: QueueKeys, lease: str, worker_id: str, held: Iterable[tuple[str, str]], leaving: bool
+) -> Call:
+    """Give the ``held`` tasks (id, token) back to the head of the queue; if
+    ``leaving``, the rest of the lease list too, and drop the lease. Replies how many
+    went back."""
+    args: list[Any] = [1 if leaving else 0, worker_id]
+    for task_id, token in held:
+        args += (task_id, token)
+    return (SCRIPTS.requeue, (lease, k.pending, k.states, k.leases), args)
+
+
+class ReapReply(NamedTuple):
+    recovered: int  # tasks returned to the queue
+    archived: int  # tasks archived (retries spent, or cancelled)
+    archived_ids: list[str]
+
+
+def reap(k: QueueKeys, worker_ids: Sequence[str], now_ms: int, day: str) -> Call:
+    """Recover the tasks of those of ``worker_ids`` whose lease really expired."""
+    keys = (
+        k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
+        k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, k.progress,
+        *(k.lease(w) for w in worker_ids),
+    )  # fmt: skip
+    return (SCRIPTS.reap, keys, [now_ms, day, *worker_ids])
+
+
+def parse_reap(reply: Any) -> ReapReply:
+    return ReapReply(int(reply[0]), int(reply[1]), [i.decode() for i in reply[2:]])
+
+
+def orphans(k: QueueKeys, lease: str, held: Sequence[str]) -> Call:
+    """Return the ids of a live ``lease`` list the worker does not hold (all but
+    ``held``) to the head of the queue. Replies how many went back."""
+    return (SCRIPTS.orphans, (lease, k.pending, k.states), held)
+
+
+class JanitorReply(NamedTuple):
+    deleted: int  # tasks deleted
+    released: int  # expired unique locks dropped
+    more: bool  # work is left for another call
+
+
+def janitor(k: QueueKeys, now_ms: int, max_archived: int, archive_ttl_ms: int, limit: int) -> Call:
+    """Delete completed tasks past their retention and archived tasks past the
+    archive's age or size, drop expired unique locks: at most ``limit`` of each."""
+    keys = (
+        k.completed, k.archived, k.tasks, k.states, k.retried, k.errors, k.failed_at,
+        k.results, k.progress, k.uniq, k.uniq_exp, k.cancels,
+    )  # fmt: skip
+    return (SCRIPTS.janitor, keys, [now_ms, max_archived, archive_ttl_ms, limit])
+
+
+def parse_janitor(reply: Any) -> JanitorReply:
+    return JanitorReply(int(reply[0]), int(reply[1]), bool(int(reply[2])))
+
+
+class ForwardReply(NamedTuple):
+    moved: int  # due tasks moved to pending
+    next_ms: int | None  # when the next scheduled or retry task is due; None: none is
+
+
+def forward(k: QueueKeys, now_ms: int, limit: int) -> Call:
+    """Move due scheduled and retry tasks to pending, at most ``limit`` of each."""
+    return (SCRIPTS.forward, (k.scheduled, k.retry, k.pending, k.states), [now_ms, limit])
+
+
+def parse_forward(reply: Any) -> ForwardReply:
+    nxt = int(reply[1])
+    return ForwardReply(int(reply[0]), nxt if nxt >= 0 else None)
+
+
+# -- the client's and the inspector's --------------------------------------------------------
+
+
+def cancel(k: QueueKeys, task_id: str, now_ms: int) -> Call:
+    """Cancel a task: archive it if it waits, mark it if it runs. Reply: see
+    ``parse_state``."""
+    keys = (
+        k.states, k.pending, k.scheduled, k.retry, k.archived, k.errors, k.failed_at,
+        k.uniq, k.uniq_exp, k.tasks, k.cancels,
+    )  # fmt: skip
+    return (SCRIPTS.cancel, keys, [now_ms, task_id])
+
+
+def parse_state(reply: Any) -> str | None:
+    """A task's state before a call to cancel or a "one" mode (``@<token>`` or
+    ``active`` for an active task), or None when there is no such task."""
+    if reply is None:
+        return None
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+class BulkReply(NamedTuple):
+    moved: int  # tasks moved (archived, deleted, run)
+    taken: int  # ids taken off the source, stale entries included
+    ids: list[str]  # the ids moved (archive and delete; run_now lists none)
+
+
+def run_now(k: QueueKeys, mode: Mode, target: str, limit: int = 0) -> Call:
+    """Move to pending one scheduled, retry or archived task (``target``: its id), or
+    all of one state (``target``: the state, at most ``limit`` per call)."""
+    keys = (k.states, k.pending, k.scheduled, k.retry, k.archived)
+    return (SCRIPTS.run_now, keys, [mode, target, limit])
+
+
+def archive(k: QueueKeys, mode: Mode, target: str, now_ms: int, limit: int = 0) -> Call:
+    """Archive one pending, scheduled or retry task, or all of one state (as
+    ``run_now``)."""
+    keys = (
+        k.states, k.pending, k.scheduled, k.retry, k.archived, k.tasks, k.uniq, k.uniq_exp,
+    )  # fmt: skip
+    return (SCRIPTS.archive, keys, [mode, target, now_ms, limit])
+
+
+def delete(k: QueueKeys, mode: Mode, target: str, limit: int = 0) -> Call:
+    """Delete one task that is not active, or all of one state (as ``run_now``)."""
+    keys = (
+        k.states, k.pending, k.scheduled, k.retry, k.archived, k.completed, k.tasks,
+        k.retried, k.errors, k.failed_at, k.results, k.progress, k.uniq, k.uniq_exp,
+        k.cancels,
+    )  # fmt: skip
+    return (SCRIPTS.delete, keys, [mode, target, limit])
+
+
+def parse_bulk(reply: Any) -> BulkReply:
+    """The reply of run_now, archive or delete in mode "all"."""
+    return BulkReply(int(reply[0]), int(reply[1]), [i.decode() for i in reply[2:]])
+
+
+def drop_queue(k: QueueKeys, leases: Sequence[str], force: bool) -> Call:
+    """Remove every key of the queue, ``leases`` (its workers' lease lists) included,
+    unless it holds tasks and not ``force``. Reply: see ``parse_drop_queue``."""
+    others = [key for key in k.fixed() if key not in (k.states, k.pending)]
+    return (SCRIPTS.drop_queue, [k.states, k.pending, *others, *leases], [1 if force else 0])
+
+
+def parse_drop_queue(reply: Any) -> int:
+    """How many tasks kept the queue from being dropped; 0 when it was dropped."""
+    return max(0, -int(reply))
+
+
+def trim_stats(k: QueueKeys, oldest_day: str) -> Call:
+    """Drop the queue's per-day counters of days before ``oldest_day`` (YYYY-MM-DD)."""
+    return (SCRIPTS.trim_stats, (k.stats,), [oldest_day])

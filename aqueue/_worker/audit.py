@@ -1,0 +1,77 @@
+"""The lease audit: ids stranded in this worker's own, live lease lists.
+
+No reaper touches a live lease, so an id can be left in ours when a reply is lost: a
+claim or a blocking move that ran on the server while its reply never arrived, or an
+outcome that could not be written in time. Whoever sees such a loss marks the queue
+suspect; the dispatcher then runs the audit between its own claims (``orphans.lua``
+returns every id of the lease list this worker does not hold to the head of the
+queue, without counting an attempt). The heartbeat marks every queue once per
+``lease_ttl``, for losses nobody saw (a failover that dropped an acknowledged write).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Set
+
+from .._redis import scripts
+from .._redis.broker import Broker
+from .._redis.keys import QueueKeys
+from .._redis.scripts import Call
+from ..errors import BrokerUnavailable
+from .held import Held
+from .outage import Outage
+
+log = logging.getLogger("aqueue.worker")
+
+
+class LeaseAudit:
+    def __init__(
+        self,
+        broker: Broker,
+        keys: Mapping[str, QueueKeys],
+        leases: Mapping[str, str],
+        held: Held,
+        outage: Outage,
+    ) -> None:
+        self._broker = broker
+        self._keys = keys
+        self._leases = leases
+        self._held = held
+        self._outage = outage
+        # Queues whose lease list may hold ids we do not know.
+        self._suspect: set[str] = set()
+
+    @property
+    def clear(self) -> bool:
+        """No queue is suspect."""
+        return not self._suspect
+
+    def mark(self, queues: Iterable[str]) -> None:
+        self._suspect.update(queues)
+
+    def mark_all(self) -> None:
+        self._suspect.update(self._keys)
+
+    def due(self, busy: Set[str]) -> bool:
+        """Whether a queue not in ``busy`` is suspect."""
+        return not self._suspect <= busy
+
+    async def run(self, busy: Set[str]) -> None:
+        """Audit the suspect queues, except those in ``busy``: a blocking claim in
+        flight may have moved an id there that is not an orphan."""
+        queues = sorted(self._suspect - busy)
+        calls: list[Call] = [
+            scripts.orphans(self._keys[q], self._leases[q], self._held.ids(q)) for q in queues
+        ]
+        broker = self._broker
+        try:
+            replies = await broker.run(lambda: broker.scripts(calls))
+        except BrokerUnavailable as exc:
+            await self._outage.failed(exc)
+            return
+        self._outage.ok()
+        self._suspect.difference_update(queues)
+        for q, n in zip(queues, replies, strict=True):
+            if n:
+                log.warning("returned %d orphaned task(s) of queue %s to the queue", n, q)

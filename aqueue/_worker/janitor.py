@@ -1,0 +1,51 @@
+"""Housekeeping of kept data: completed tasks past their retention, the archive's age
+and size, expired unique locks (``janitor.lua``, bounded per call). The reaper runs it
+after each of its passes; the script is idempotent, so every worker may."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+
+from .._redis import scripts
+from .._redis.broker import Broker
+from .._redis.keys import QueueKeys
+
+# Deletions of each kind per queue and janitor call.
+JANITOR_BATCH = 500
+
+
+class Janitor:
+    def __init__(
+        self,
+        broker: Broker,
+        keys: Mapping[str, QueueKeys],
+        *,
+        max_archived: int,
+        archive_ttl: float,
+    ) -> None:
+        self._broker = broker
+        self._keys = keys
+        self._max_archived = max_archived
+        self._archive_ttl_ms = int(archive_ttl * 1000)
+
+    async def sweep(self) -> int:
+        """Delete what is due, in bounded calls until nothing is left to do; returns
+        how many tasks were deleted."""
+        broker = self._broker
+        total = 0
+        queues = list(self._keys.values())
+        while queues:
+            now = int(time.time() * 1000)
+            calls = [
+                scripts.janitor(k, now, self._max_archived, self._archive_ttl_ms, JANITOR_BATCH)
+                for k in queues
+            ]
+            replies = [
+                scripts.parse_janitor(r)
+                for r in await broker.run(functools.partial(broker.scripts, calls))
+            ]
+            total += sum(r.deleted for r in replies)
+            queues = [k for k, r in zip(queues, replies, strict=True) if r.more]
+        return total

@@ -1,0 +1,218 @@
+"""``QueueCollector``: what the server holds per queue, as Prometheus gauges, read in
+the background so that a scrape never waits for the server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+import anyio
+import anyio.abc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+
+from .._inspector import Inspector
+from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike
+from .._task import QueueInfo, State, check_queue_name, seconds
+from ..errors import AqueueError, BrokerUnavailable, InvalidOption, QueueNotFound
+
+log = logging.getLogger("aqueue.metrics")
+
+
+class _Snapshot:
+    __slots__ = ("at", "infos", "up")
+
+    def __init__(self, at: float, up: bool, infos: tuple[QueueInfo, ...]) -> None:
+        self.at, self.up, self.infos = at, up, infos
+
+
+_STATES = tuple(s.value for s in State)
+
+
+class QueueCollector:
+    """Per queue gauges from the server, refreshed in the background.
+
+    ==================================  =======  =============================================
+    ``aqueue_queue_tasks``              gauge    tasks per ``queue`` and ``state``
+    ``aqueue_queue_paused``             gauge    1 while the queue is paused
+    ``aqueue_queue_latency_seconds``    gauge    age of the oldest pending task (0 if none)
+    ``aqueue_queue_memory_bytes``       gauge    the server's memory estimate for the queue
+    ``aqueue_queue_processed_total``    counter  attempts finished, by every worker (server)
+    ``aqueue_queue_failed_total``       counter  attempts failed, by every worker (server)
+    ``aqueue_collector_up``             gauge    1 if the last refresh read the server
+    ``aqueue_collector_last_refresh_timestamp_seconds``  gauge  when it last did
+    ==================================  =======  =============================================
+
+    ``async with collector:`` takes a first snapshot, then refreshes one every
+    ``interval`` seconds until the block exits; or run ``collector.run()`` in a task
+    group of your own, or call ``await collector.refresh()`` yourself. A scrape reports
+    the last snapshot and never waits for the server; when a refresh fails, the queue
+    series disappear and ``aqueue_collector_up`` is 0 until the server answers again.
+
+    ``queues=None`` reports every queue the server knows (``Inspector.queues``); a
+    queue you name that has seen no task yet reports zeros.
+    """
+
+    def __init__(
+        self,
+        url_or_redis: ServerLike = DEFAULT_URL,
+        *,
+        queues: Sequence[str] | None = None,
+        interval: float = 5.0,
+        registry: CollectorRegistry | None = REGISTRY,
+        timeout: float = 5.0,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        # registry=None: registered nowhere (register it yourself).
+        if isinstance(queues, str):
+            raise InvalidOption(f"queues must be a list of queue names, got {queues!r}")
+        self.queues = [check_queue_name(q) for q in queues] if queues is not None else None
+        self.interval = seconds(interval, "interval", allow_zero=False)
+        self.inspector = Inspector(url_or_redis, timeout=timeout, prefix=prefix)
+        self._snapshot: _Snapshot | None = None
+        self._failing = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        if registry is not None:
+            registry.register(self)
+
+    # -- reading the server (on the event loop) --------------------------------------
+
+    async def refresh(self) -> None:
+        """Read every queue now and replace the snapshot; never raises for a server
+        that is down (the snapshot then says so)."""
+        try:
+            infos = await self._queue_infos()
+        except Exception as exc:
+            if not self._failing:
+                # A server that is down is expected; anything else gets its traceback.
+                trace = not isinstance(exc, BrokerUnavailable)
+                log.warning("cannot read the queues for metrics: %s", exc, exc_info=trace)
+            self._failing = True
+            self._snapshot = _Snapshot(self._last_success(), False, ())
+            return
+        if self._failing:
+            log.warning("reading the queues for metrics again")
+        self._failing = False
+        # One reference assignment: a scrape on another thread sees the old or the new.
+        self._snapshot = _Snapshot(time.time(), True, infos)
+
+    def _last_success(self) -> float:
+        return self._snapshot.at if self._snapshot is not None else 0.0
+
+    async def _queue_infos(self) -> tuple[QueueInfo, ...]:
+        explicit = self.queues is not None
+        names = self.queues if self.queues is not None else await self.inspector.queues()
+        infos = []
+        for q in names:
+            try:
+                infos.append(await self.inspector.queue_info(q))
+            except QueueNotFound:
+                # A queue you asked for that has seen no task yet holds nothing; one
+                # deleted since it was listed is gone.
+                if explicit:
+                    infos.append(QueueInfo(queue=q))
+        return tuple(infos)
+
+    async def run(self) -> None:
+        """Refresh every ``interval`` seconds until cancelled."""
+        while True:
+            await self.refresh()
+            await anyio.sleep(self.interval)
+
+    async def _refresh_later(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            await self.refresh()
+
+    async def __aenter__(self) -> QueueCollector:
+        if self._tg is not None:
+            raise AqueueError("this QueueCollector is already running")
+        await self.refresh()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._refresh_later)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        finally:
+            await self.inspector.close()
+
+    # -- reporting (on the scraping thread) -------------------------------------------
+
+    def describe(self) -> Iterator[Metric]:
+        """The families this collector reports, without samples (for the registry)."""
+        yield from _Families().all()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot
+        f = _Families()
+        f.up.add_metric([], 1.0 if snap is not None and snap.up else 0.0)
+        if snap is not None:
+            if snap.at:
+                f.refreshed.add_metric([], snap.at)
+            for info in snap.infos:
+                q = info.queue
+                for state in _STATES:
+                    f.tasks.add_metric([q, state], float(getattr(info, state)))
+                f.paused.add_metric([q], 1.0 if info.paused else 0.0)
+                f.latency.add_metric([q], info.latency)
+                f.memory.add_metric([q], float(info.memory_bytes))
+                f.processed.add_metric([q], float(info.processed_total))
+                f.failed.add_metric([q], float(info.failed_total))
+        yield from f.all()
+
+
+class _Families:
+    """The (empty) metric families of one ``QueueCollector`` report."""
+
+    def __init__(self) -> None:
+        q = ["queue"]
+        self.tasks = GaugeMetricFamily(
+            "aqueue_queue_tasks", "Tasks in the queue, per state.", labels=["queue", "state"]
+        )
+        self.paused = GaugeMetricFamily(
+            "aqueue_queue_paused", "1 while the queue is paused.", labels=q
+        )
+        self.latency = GaugeMetricFamily(
+            "aqueue_queue_latency_seconds",
+            "Seconds since the oldest pending task was enqueued (0 when none is pending).",
+            labels=q,
+        )
+        self.memory = GaugeMetricFamily(
+            "aqueue_queue_memory_bytes", "The server's memory estimate for the queue.", labels=q
+        )
+        self.processed = CounterMetricFamily(
+            "aqueue_queue_processed",
+            "Task attempts finished in the queue, by every worker (the server's count).",
+            labels=q,
+        )
+        self.failed = CounterMetricFamily(
+            "aqueue_queue_failed",
+            "Task attempts failed in the queue, by every worker (the server's count).",
+            labels=q,
+        )
+        self.up = GaugeMetricFamily(
+            "aqueue_collector_up", "1 if the last refresh of the queue metrics read the server."
+        )
+        self.refreshed = GaugeMetricFamily(
+            "aqueue_collector_last_refresh_timestamp_seconds",
+            "When the queue metrics last read the server (Unix time).",
+        )
+
+    def all(self) -> tuple[Metric, ...]:
+        return (
+            self.tasks, self.paused, self.latency, self.memory, self.processed, self.failed,
+            self.up, self.refreshed,
+        )  # fmt: skip
