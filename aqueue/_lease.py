@@ -337,7 +337,10 @@ class LeaseKeeper:
                         await self.subscribe()
                         subscribed = True
                         w._outage.ok()
-                    message = await self._pubsub.get_message(timeout=None)
+                    # A bounded wait below the socket timeout: redis-py before 8.1 reads
+                    # timeout=None as "the socket timeout" and raises at its end, which
+                    # an idle worker would log as a lost server every few seconds.
+                    message = await self._pubsub.get_message(timeout=w.broker.timeout)
                     if message is None:
                         continue
                     queue, _, rest = bytes(message["data"]).decode().partition("|")

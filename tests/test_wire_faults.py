@@ -66,7 +66,8 @@ async def client_count(url: str, name: str) -> int:
     try:
         return sum(1 for c in await r.client_list() if c["name"] == name)
     finally:
-        await r.aclose()
+        with anyio.CancelScope(shield=True):  # the watcher is cancelled mid-call
+            await r.aclose()
 
 
 class Recorder:
