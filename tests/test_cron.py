@@ -11,6 +11,7 @@ import pytest
 
 import aqueue
 from aqueue import Context, Mux, Worker
+from aqueue._cron import CronSpec
 from aqueue._reads import read_cron_entries
 from aqueue._redis.broker import Broker
 
@@ -171,3 +172,22 @@ async def test_no_scheduler_means_no_ticks(url: str) -> None:
     async with Worker(mux, url, scheduler=False):
         await anyio.sleep(1.5)
     assert ran == []
+
+
+# Daylight saving in Europe/Berlin: on 2025-03-30 the clocks go from 02:00 to 03:00.
+# croniter before 6.1 got both of these wrong (an hour early; one tick twenty times),
+# which is why pyproject asks for croniter>=6.1 (checked by `make test-compat`).
+SPRING_FORWARD = int(datetime(2025, 3, 30, 0, 30, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_next_tick_across_a_daylight_saving_change_is_exact() -> None:
+    spec = CronSpec("m", "0 0 1 * *", "t", None, {}, tz="Europe/Berlin")
+    # 2025-04-01 00:00 in Berlin (CEST, UTC+2) is 2025-03-31 22:00 UTC.
+    assert spec.next_after(SPRING_FORWARD) == 1743458400000
+
+
+def test_a_time_skipped_by_daylight_saving_ticks_once() -> None:
+    spec = CronSpec("d", "30 2 * * *", "t", None, {}, tz="Europe/Berlin")
+    hours = 6 * 3600 * 1000
+    ticks = spec.ticks_between(SPRING_FORWARD - hours, SPRING_FORWARD + hours, 100)
+    assert ticks == [1743296400000]

@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from ..errors import BrokerUnavailable, InvalidOption
+from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from . import deadline as _deadline
 from . import wire as _wire
 from .endpoint import endpoint
@@ -94,6 +95,12 @@ class Broker:
                 f"expected a redis://, rediss://, unix://, redis+sentinel:// or "
                 f"redis+cluster:// URL, or a redis.asyncio Redis or RedisCluster client, "
                 f"got {url_or_redis!r}"
+            )
+        if self.cluster and not hasattr(RedisCluster, "pubsub"):
+            # Before 8.0, redis-py's asyncio RedisCluster has no pub/sub (cancels,
+            # wake-ups, Client.result): refuse now rather than fail at the first notice.
+            raise AqueueError(
+                f"Redis Cluster needs redis-py 8.0 or later; this is redis-py {redis.__version__}"
             )
         self._socket_timeout = socket_timeout if socket_timeout is not None else timeout
 

@@ -67,7 +67,10 @@ class CancelListener:
                         await self.subscribe()
                         subscribed = True
                         self._outage.ok()
-                    message = await self._pubsub.get_message(timeout=None)
+                    # A bounded wait below the socket timeout: redis-py before 8.1 reads
+                    # timeout=None as "the socket timeout" and raises at its end, which
+                    # an idle worker would log as a lost server every few seconds.
+                    message = await self._pubsub.get_message(timeout=self._broker.timeout)
                     if message is not None:
                         self._heard(message["channel"], bytes(message["data"]))
                 except (BrokerUnavailable, *_CONNECTION_ERRORS) as exc:
