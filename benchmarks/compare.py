@@ -1,13 +1,13 @@
-"""``python -m benchmarks.compare REV [--rounds 3] [--only NAME ...] [--scale 1.0]``:
-the hot-path workloads of ``make bench`` for the code at git revision REV ("before")
-and for the working tree ("after"), in one run.
+"""``python -m benchmarks.compare REV [REV ...] [--rounds 3] [--only NAME ...]
+[--scale 1.0]``: the hot-path workloads of ``make bench`` for the code at each git
+revision REV and for the working tree, in one run.
 
-The two take turns (before, after, before, after, ...), each round a fresh
+The sides take turns (REV1, REV2, ..., tree, REV1, ...), each round a fresh
 ``python -m benchmarks --json`` process on its own server, so that the machine's
-drift hits both alike. Per workload it prints the medians and two comparisons:
-``after/before`` of the raw figure, and of the figure's ratio to its own same-process
-baseline (a raw redis-py loop that does not depend on aqueue's code), which cancels
-most of the noise between processes. Exit status 0, or 2 for bad arguments.
+drift hits all alike. Per workload it prints each side's median figure and its median
+ratio to its own same-process baseline (a raw redis-py loop that does not depend on
+aqueue's code, which cancels most of the noise between processes), and the change of
+that ratio against the first side. Exit status 0, or 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ HOT_PATH = ["enqueue", "drain_noop", "drain_uvloop", "latency"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare")
-    parser.add_argument("rev", help="the git revision to compare the working tree with")
+    parser.add_argument("revs", nargs="+", help="git revisions to compare the working tree with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--only", nargs="+", default=HOT_PATH)
@@ -38,17 +38,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="aqueue-before-") as tmp:
-        before = Path(tmp)
-        try:
-            export(args.rev, before)
-        except subprocess.CalledProcessError as exc:
-            parser.error(f"cannot export revision {args.rev!r}: {exc.stderr.decode().strip()}")
-        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        sides: dict[str, Path] = {}
+        for rev in args.revs:
+            tree = Path(tmp) / rev.replace("/", "_")
+            try:
+                export(rev, tree)
+            except subprocess.CalledProcessError as exc:
+                parser.error(f"cannot export revision {rev!r}: {exc.stderr.decode().strip()}")
+            sides[rev] = tree
+        sides["tree"] = ROOT
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for i in range(args.rounds):
-            for side, tree in (("before", before), ("after", ROOT)):
+            for side, tree in sides.items():
                 print(f"round {i + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
                 runs[side] += bench(tree, args.only, args.scale)
-    print(report(runs, args.rev, args.rounds))
+    print(report(runs, args.rounds))
     return 0
 
 
@@ -85,28 +89,35 @@ def bench(tree: Path, only: Sequence[str], scale: float) -> list[dict[str, Any]]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def report(runs: dict[str, list[dict[str, Any]]], rev: str, rounds: int) -> str:
-    names = list(dict.fromkeys(r["workload"] for r in runs["after"] + runs["before"]))
+def report(runs: dict[str, list[dict[str, Any]]], rounds: int) -> str:
+    sides = list(runs)
+    first = sides[0]
+    names = list(dict.fromkeys(r["workload"] for side in sides for r in runs[side]))
+    head = " | ".join(f"{side}: figure (vs baseline)" for side in sides)
+    changes = " | ".join(f"{side} vs {first}" for side in sides[1:])
     rows = [
-        f"before = {rev}, after = working tree; median of {rounds} alternating rounds",
+        f"median of {rounds} alternating rounds; 'tree' is the working tree",
         "",
-        "| workload | unit | before | after | after/before | vs baseline before | "
-        "vs baseline after | change vs baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| workload | unit | {head} | {changes} |",
+        "|---|---|" + "---|" * (len(sides) * 2 - 1),
     ]
     for name in names:
-        b = [r for r in runs["before"] if r["workload"] == name]
-        a = [r for r in runs["after"] if r["workload"] == name]
-        if not a or not b:
-            rows.append(f"| {name} | | {len(b)} runs | {len(a)} runs | | | | |")
+        per = {side: [r for r in runs[side] if r["workload"] == name] for side in sides}
+        if not all(per.values()):
+            rows.append(f"| {name} | | missing runs |")
             continue
-        bv, av = _median(b, "value"), _median(a, "value")
-        br, ar = _median(b, "ratio"), _median(a, "ratio")
-        rows.append(
-            f"| {name} | {a[0]['unit']} | {bv:,.2f} | {av:,.2f} | {av / bv:.2f}x | "
-            f"{br:.2f}x | {ar:.2f}x | {ar / br:.2f}x ({a[0]['better']} is better) |"
-        )
+        unit, better = per[first][0]["unit"], per[first][0]["better"]
+        cells = [
+            f"{_median(per[s], 'value'):,.2f} ({_median(per[s], 'ratio'):.2f}x)" for s in sides
+        ]
+        base = _median(per[first], "ratio")
+        moved = [f"{_median(per[s], 'ratio') / base:.2f}x" for s in sides[1:]]
+        rows.append(f"| {name} | {unit} ({better} is better) | {' | '.join(cells + moved)} |")
     return "\n".join(rows)
+
+
+def _cell(results: list[dict[str, Any]]) -> str:
+    return f"{_median(results, 'value'):,.2f} ({_median(results, 'ratio'):.2f}x)"
 
 
 def _median(results: list[dict[str, Any]], key: str) -> float:

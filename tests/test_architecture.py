@@ -230,6 +230,28 @@ def test_no_module_over_the_size_limit() -> None:
     assert oversized() == {}, f"modules over {MAX_LINES} lines"
 
 
+# The claim/ack path: what runs for every task. A function there over this many lines
+# usually hides a second concept (docs/architecture.md, "One task, from enqueue to ack").
+HOT_PATH = ("claims", "processor", "runner", "outcomes", "slots", "held")
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(root: Path = ROOT) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name in HOT_PATH:
+        path = root / "_worker" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found[f"_worker/{name}.py:{node.lineno} {node.name}"] = length
+    return found
+
+
+def test_no_long_function_on_the_claim_and_ack_path() -> None:
+    assert long_functions() == {}, f"functions over {MAX_FUNCTION_LINES} lines"
+
+
 def test_no_upward_import() -> None:
     found = upward_imports(import_graph())
     assert not found, "imports against the layers:\n" + _show(found)

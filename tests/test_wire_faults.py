@@ -1,4 +1,4 @@
-"""aqueue's own connections (``aqueue/_wire.py``) against real connection faults: a
+"""aqueue's own connections (``aqueue/_redis/wire.py``) against real connection faults: a
 server that restarts, connections the server kills or closes when idle, a server that
 answers slowly or not at all. None of it depends on which redis-py is installed: these
 connections are aqueue's own (see docs/architecture.md, "The wire path").

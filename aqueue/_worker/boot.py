@@ -20,7 +20,7 @@ import redis.exceptions as rexc
 
 from .._redis.broker import Broker, redacted
 from .._redis.keys import queues_key
-from ..errors import AqueueError, BrokerUnavailable
+from ..errors import BrokerUnavailable, UnsupportedServer
 from .outage import Outage, waiting_helps
 
 log = logging.getLogger("aqueue.worker")
@@ -96,7 +96,7 @@ class Boot:
             return  # INFO renamed away on a managed server: nothing to check
         version = server_version(info)
         if version is not None and too_old(version):
-            raise AqueueError(
+            raise UnsupportedServer(
                 f"the server at {redacted(broker.url)} is Redis {version}: aqueue needs "
                 f"Redis {'.'.join(map(str, MIN_VERSION))} or later, or Valkey"
             )

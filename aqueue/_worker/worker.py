@@ -23,7 +23,7 @@ from .._mux import Mux
 from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, ServerLike
 from .._redis.keys import QueueKeys, queue_keys
 from .._task import check_queue_name, seconds
-from ..errors import AqueueError, BrokerUnavailable
+from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from .audit import LeaseAudit
 from .boot import Boot
 from .claims import BLOCK_SECONDS, Dispatcher
@@ -72,11 +72,11 @@ class Worker:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if not isinstance(mux, Mux):
-            raise AqueueError(f"Worker needs a Mux, got {mux!r}")
+            raise InvalidOption(f"Worker needs a Mux, got {mux!r}")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise AqueueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+            raise InvalidOption(f"concurrency must be an int >= 1, got {concurrency!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise AqueueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise InvalidOption(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.mux = mux
         self.url_or_redis = url_or_redis
         self.options: dict[str, Any] = {
@@ -94,7 +94,7 @@ class Worker:
         self.scheduler = scheduler
         self.batch_size = batch_size
         if not isinstance(max_archived, int) or max_archived < 0:
-            raise AqueueError(f"max_archived must be an int >= 0, got {max_archived!r}")
+            raise InvalidOption(f"max_archived must be an int >= 0, got {max_archived!r}")
         self.max_archived = max_archived
         self.archive_ttl = seconds(archive_ttl, "archive_ttl")
         self.id = uuid.uuid4().hex[:16]
@@ -344,14 +344,14 @@ def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[s
     if queues is None:
         return {"default": 1.0}
     if isinstance(queues, str):
-        raise AqueueError(f"queues must be a mapping of name to weight or a list, got {queues!r}")
+        raise InvalidOption(f"queues must be a mapping of name to weight or a list, got {queues!r}")
     items = list(queues.items()) if isinstance(queues, Mapping) else [(q, 1) for q in queues]
     if not items:
-        raise AqueueError("queues must name at least one queue")
+        raise InvalidOption("queues must name at least one queue")
     out: dict[str, float] = {}
     for name, weight in items:
         check_queue_name(name)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise AqueueError(f"weight of queue {name!r} must be a number > 0, got {weight!r}")
+            raise InvalidOption(f"weight of queue {name!r} must be a number > 0, got {weight!r}")
         out[name] = float(weight)
     return out

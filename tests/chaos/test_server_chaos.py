@@ -46,7 +46,7 @@ QUEUE = "default"
 K = f"aq:{{{QUEUE}}}:"
 LOST = "lost the server"
 BACK = "server reachable again"
-# aqueue/_worker.py: the backoff between tries during an outage is capped at 5 s.
+# aqueue/_worker/outage.py: the backoff between tries during an outage is capped at 5 s.
 MAX_BACKOFF = 5.0
 
 
