@@ -31,6 +31,10 @@ Workload = Callable[[Bench], Awaitable[Result]]
 WORKLOADS: dict[str, tuple[Workload, str]] = {
     "enqueue_serial": (enqueue.enqueue_serial, "enqueue, one await at a time"),
     "enqueue_gather": (enqueue.enqueue_gather, "enqueue, asyncio.gather of 1000"),
+    "enqueue_gather_client": (
+        enqueue.enqueue_gather_client,
+        "the same on a redis.asyncio client passed in",
+    ),
     "enqueue_many": (enqueue.enqueue_many, "enqueue_many, batches of 1000"),
     "drain_noop": (drain.drain_noop, "one worker (concurrency 100) drains no-op tasks"),
     "drain_sleep": (drain.drain_sleep, "one worker (concurrency 100) drains 10 ms tasks"),

@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--only", nargs="+", default=HOT_PATH)
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="run the working tree's benchmarks/probe.py (public API only) for every side",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
@@ -51,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.rounds):
             for side, tree in sides.items():
                 print(f"round {i + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
-                runs[side] += bench(tree, args.only, args.scale)
+                if args.probe:
+                    runs[side] += probe(tree, args.scale)
+                else:
+                    runs[side] += bench(tree, args.only, args.scale)
     print(report(runs, args.rounds))
     return 0
 
@@ -83,6 +91,19 @@ def bench(tree: Path, only: Sequence[str], scale: float) -> list[dict[str, Any]]
         check=False,
         capture_output=True,
         text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def probe(tree: Path, scale: float) -> list[dict[str, Any]]:
+    """The working tree's ``probe.py`` with ``tree``'s aqueue first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    script = ROOT / "benchmarks" / "probe.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--scale", str(scale)],
+        env=env, check=False, capture_output=True, text=True,
     )  # fmt: skip
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
