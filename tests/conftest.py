@@ -22,8 +22,10 @@ import anyio
 import pytest
 import redis
 
+from aqueue.server import EmbeddedServer
+
 from .clusters import Cluster
-from .helpers import wait_for
+from .helpers import LOCKED_PASSWORD, wait_for
 
 REDIS7_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('AQUEUE_TEST_REDIS_DB', '13'))}"
 # Forming a cluster takes about 2 s; much longer means something is wrong.
@@ -81,3 +83,16 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture(scope="module")
+def locked_server() -> Iterator[EmbeddedServer]:
+    """A Valkey server that requires the password ``LOCKED_PASSWORD``."""
+    # Set after start: EmbeddedServer's readiness probe is an unauthenticated PING.
+    with EmbeddedServer() as server:
+        r = redis.Redis(port=server.port)
+        try:
+            r.config_set("requirepass", LOCKED_PASSWORD)
+        finally:
+            r.close()
+        yield server

@@ -135,3 +135,7 @@ def tail(text: str, lines: int = 50) -> str:
     if len(kept) <= lines:
         return text
     return f"[... {len(kept) - lines} earlier lines left out ...]\n" + "\n".join(kept[-lines:])
+
+
+# The password of the ``locked_server`` fixture (tests/conftest.py).
+LOCKED_PASSWORD = "s3cret-pass"

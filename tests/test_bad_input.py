@@ -5,7 +5,7 @@ type is retried, a payload that fails validation is archived."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -14,7 +14,6 @@ import anyio
 import anyio.abc
 import msgspec
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from aqueue import (
@@ -31,12 +30,12 @@ from aqueue import (
 )
 from aqueue.server import EmbeddedServer, free_port
 
+from .helpers import LOCKED_PASSWORD as PASSWORD
 from .helpers import Peek, araw_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 1000
-PASSWORD = "s3cret"
 # How much later than its timeout a call may give up (scheduling on a busy machine).
 MARGIN = 1.5
 
@@ -299,19 +298,6 @@ async def test_a_peer_that_is_not_redis_raises_broker_unavailable_within_the_tim
     ):
         with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
             await c.enqueue("bad:any")
-
-
-@pytest.fixture(scope="module")
-def locked_server() -> Iterator[EmbeddedServer]:
-    """A Valkey server that requires the password ``PASSWORD``."""
-    # Set after start: EmbeddedServer's readiness probe is an unauthenticated PING.
-    with EmbeddedServer() as server:
-        r = redis.Redis(port=server.port)
-        try:
-            r.config_set("requirepass", PASSWORD)
-        finally:
-            r.close()
-        yield server
 
 
 def _with_auth(server: EmbeddedServer, userinfo: str) -> str:

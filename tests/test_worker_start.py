@@ -15,7 +15,7 @@ import functools
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -37,7 +37,6 @@ REACHED = "server reachable after waiting"
 # The backoff between tries is capped at 5 s: the worker tries again within that of the
 # server's start, plus a margin for a loaded 2-core machine.
 PICKUP = 5.0 + 10.0
-PASSWORD = "s3cret-pass"
 
 
 def _url(port: int, userinfo: str = "") -> str:
@@ -198,19 +197,6 @@ async def test_sigterm_while_waiting_for_the_server_exits_0_at_once(tmp_path: Pa
 
 
 # -- failing fast: what waiting cannot fix ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def locked_server() -> Iterator[EmbeddedServer]:
-    """A Valkey server that requires the password ``PASSWORD``."""
-    # Set after start: EmbeddedServer's readiness probe is an unauthenticated PING.
-    with EmbeddedServer() as server:
-        r = redis.Redis(port=server.port)
-        try:
-            r.config_set("requirepass", PASSWORD)
-        finally:
-            r.close()
-        yield server
 
 
 @pytest.mark.parametrize(
