@@ -26,6 +26,9 @@ log = logging.getLogger("aqueue.worker")
 
 
 class LeaseAudit:
+    """The suspect queues and the audit that clears them; one per run, shared by the
+    dispatcher, the outcome writer and the heartbeat, which each mark what they lost."""
+
     def __init__(
         self,
         broker: Broker,

@@ -31,11 +31,17 @@ MIN_VERSION = (7, 0)
 
 
 class Subscriber(Protocol):
+    """What first contact needs of the cancel listener: subscribing before the first
+    claim, and closing a subscription a failed try left behind."""
+
     async def subscribe(self) -> None: ...
     async def close(self) -> None: ...
 
 
 class Boot:
+    """First contact and the start-up checks, given only what they touch (the broker,
+    the queue names, the lease keeper's ``renew``, the listener and the ``Outage``)."""
+
     def __init__(
         self,
         broker: Broker,

@@ -29,6 +29,9 @@ FORWARD_MAX_SLEEP = 5.0
 
 
 class Forwarder:
+    """Moves due delayed and retry tasks to ``pending``; ``wake(due)`` shortens its sleep
+    when someone learns of an earlier due time."""
+
     def __init__(self, broker: Broker, keys: Mapping[str, QueueKeys], outage: Outage) -> None:
         self._broker = broker
         self._keys = keys

@@ -19,6 +19,10 @@ log = logging.getLogger("aqueue.worker")
 
 
 class Held:
+    """The claimed tasks of one worker by (queue, id): the registry every part that
+    cancels, audits or waits for the tasks reads, and only the dispatcher and the outcome
+    writer change."""
+
     __slots__ = ("_empty", "_tasks")
 
     def __init__(self) -> None:

@@ -17,6 +17,8 @@ JANITOR_BATCH = 500
 
 
 class Janitor:
+    """Bounded housekeeping calls of ``janitor.lua`` for each queue, until nothing is left."""
+
     def __init__(
         self,
         broker: Broker,

@@ -37,6 +37,9 @@ log = logging.getLogger("aqueue.worker")
 
 
 class LeaseKeeper:
+    """Renews the lease, registers the worker, and leaves at shutdown; cancels the
+    handlers of a queue whose lease turned out to have expired."""
+
     def __init__(
         self,
         broker: Broker,

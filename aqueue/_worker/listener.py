@@ -24,6 +24,9 @@ _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, 
 
 
 class CancelListener:
+    """The pub/sub subscription of one worker: cancel requests and schedule notices,
+    resubscribed after an outage."""
+
     def __init__(
         self,
         broker: Broker,

@@ -44,12 +44,18 @@ _NOT_COUNTED = frozenset({Kind.REVOKE, Kind.AGAIN})
 
 
 class Lease(Protocol):
+    """What the outcome writer needs of the lease: until when it is valid (writes are
+    retried until then, and left to the reaper after)."""
+
     @property
     def valid_until(self) -> float:
         """``time.monotonic()`` at which the lease may have lapsed."""
 
 
 class Outcomes:
+    """Writes the outcomes of finished attempts: acks in batches (with the next claims),
+    failures one by one, retried while the lease lasts; gives the slots back."""
+
     def __init__(
         self,
         broker: Broker,

@@ -28,6 +28,9 @@ log = logging.getLogger("aqueue.worker")
 
 
 class Reaper:
+    """Finds expired leases of the queues this worker serves and recovers their tasks;
+    runs the janitor after each pass."""
+
     def __init__(
         self,
         broker: Broker,
