@@ -195,7 +195,7 @@ class Broker:
         except TimeoutError as exc:
             raise self.unavailable(exc) from exc
         except rexc.ResponseError as exc:
-            if _is_auth_error(exc) or _is_demoted(exc) or _is_refusal(exc):
+            if _is_auth_error(exc) or _is_demoted(exc) or is_refusal(exc):
                 raise self.unavailable(exc) from exc
             raise
         except _UNAVAILABLE as exc:
@@ -400,7 +400,7 @@ def _is_demoted(exc: BaseException) -> bool:
     return isinstance(exc, rexc.ResponseError) and text.startswith("UNBLOCKED")
 
 
-def _is_refusal(exc: rexc.ResponseError) -> bool:
+def is_refusal(exc: rexc.ResponseError) -> bool:
     """The server cannot take any command now (see ``_REFUSALS``). redis-py strips the
     first word of some replies into the class (ClusterDownError and the like)."""
     if isinstance(exc, (rexc.ClusterDownError, rexc.OutOfMemoryError, rexc.TryAgainError)):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import redis.exceptions as rexc
 
+from .._reads import text
 from .._redis.broker import Broker, redacted
 from .._redis.keys import queues_key
 from ..errors import BrokerUnavailable, UnsupportedServer
@@ -113,13 +114,13 @@ class Boot:
             config: dict[Any, Any] = await broker.run(
                 lambda: broker.redis.config_get("maxmemory-policy")
             )
-            policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy")))
+            policy = text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", "")))
             persist: dict[Any, Any] = await broker.run(
                 lambda: broker.redis.config_get("appendonly")
             )
-            aof = _text(persist.get(b"appendonly", persist.get("appendonly")))
+            aof = text(persist.get(b"appendonly", persist.get("appendonly", "")))
             save: dict[Any, Any] = await broker.run(lambda: broker.redis.config_get("save"))
-            rdb = _text(save.get(b"save", save.get("save")))
+            rdb = text(save.get(b"save", save.get("save", "")))
         except Exception:  # CONFIG is often disabled on managed servers: nothing to check
             return
         if policy and policy != "noeviction":
@@ -135,12 +136,6 @@ class Boot:
             )
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value) if value is not None else ""
-
-
 def server_version(info: dict[Any, Any]) -> str | None:
     """The ``redis_version`` of an ``INFO server`` reply; a cluster client may answer
     with one reply per node, and then the oldest counts. None when there is none that
@@ -148,7 +143,7 @@ def server_version(info: dict[Any, Any]) -> str | None:
     found = [
         v
         for k, value in info.items()
-        if _text(k) == "redis_version" and (v := _text(value))[:1].isdigit()
+        if text(k) == "redis_version" and (v := text(value))[:1].isdigit()
     ]
     for value in info.values():
         if isinstance(value, dict):

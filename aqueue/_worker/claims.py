@@ -77,7 +77,7 @@ class Dispatcher:
         self._audit = audit
         self._outage = outage
         self._renew = renew
-        self.stopping = False
+        self._stopping = False
         self._seq = 0
         self._paused_until: dict[str, float] = {}
         self._blocking: set[str] = set()
@@ -94,7 +94,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         """Stop claiming; blocking claims in flight are abandoned."""
-        self.stopping = True
+        self._stopping = True
         self._scope.cancel()
         self._slots.wake()
         self._wake()
@@ -105,7 +105,7 @@ class Dispatcher:
 
     async def _fill(self) -> None:
         slots, audit, blocking = self._slots, self._audit, self._blocking
-        while not self.stopping:
+        while not self._stopping:
             if audit.due(blocking):
                 await audit.run(blocking)
             if slots.free <= 0:
@@ -122,7 +122,7 @@ class Dispatcher:
         dry: set[str] = set()
         claimed = False
         slots = self._slots
-        while not self.stopping and slots.free > 0:
+        while not self._stopping and slots.free > 0:
             plan = self._plan(min(slots.free, self._batch_size), dry)
             if not plan:
                 break
@@ -183,7 +183,7 @@ class Dispatcher:
         """The claims to send with ``n`` acks, their slots taken: some only while every
         slot is taken (the ack writer's round trip then saves the dispatcher one), and
         none while stopping or while a queue waits for its audit."""
-        if not self._slots.awaited or self.stopping or not self._audit.clear:
+        if not self._slots.awaited or self._stopping or not self._audit.clear:
             return {}, []
         plan = self._plan(min(n, self._batch_size))
         self._slots.take(sum(plan.values()))
@@ -200,12 +200,13 @@ class Dispatcher:
         """Start what the claim scripts of ``plan`` returned; give back unused slots."""
         got: dict[str, int] = {}
         lost = False
+        debug = log.isEnabledFor(logging.DEBUG)
         for (q, n), reply in zip(plan.items(), replies, strict=True):
             claimed = scripts.parse_claim(reply)
             count = 0
             if isinstance(claimed, list):
                 for item in claimed:
-                    self._start(q, item)
+                    self._start(q, item, debug)
                 count = len(claimed)
             elif claimed is ClaimRefused.PAUSED:
                 self._paused_until[q] = time.monotonic() + BLOCK_SECONDS
@@ -220,14 +221,14 @@ class Dispatcher:
             await self._renew()
         return got
 
-    def _start(self, queue: str, item: ClaimedTask) -> None:
+    def _start(self, queue: str, item: ClaimedTask, debug: bool) -> None:
         raw_id, raw_token, message, retried = item
         max_retry, digest, body = decode_message(message)
         c = Claimed(
             queue, raw_id.decode(), raw_token.decode(), max_retry, digest, body, int(retried)
         )
         self._held.add(c)
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug(
                 "task %s (%s) on %s: active, attempt %d", c.id, body.type, queue, c.retried + 1
             )

@@ -99,11 +99,12 @@ class LeaseKeeper:
             ("ZREMRANGEBYSCORE", workers_key(prefix), "-inf", now),
         ]
         # Cancel requests are persisted: one missed on pub/sub is found here.
+        asked_from = len(calls) + len(extra)
         held = [(c.queue, c.id) for c in self._held]
         extra += [("SMISMEMBER", self._keys[q].cancels, i) for q, i in held]
         broker = self._broker
         replies = await broker.run(lambda: broker.scripts(calls, extra))
-        for (q, i), asked in zip(held, replies[len(calls) + 4 :], strict=True):
+        for (q, i), asked in zip(held, replies[asked_from:], strict=True):
             if asked and asked[0]:
                 self._held.cancel(q, i)
         self.valid_until = sent + self._ttl

@@ -31,6 +31,8 @@ from collections.abc import Callable
 import anyio
 import redis.exceptions as rexc
 
+from .._redis.broker import is_refusal
+
 # The backoff between tries during an outage starts here and doubles up to the cap.
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
@@ -185,33 +187,10 @@ def _plural(n: int, what: str) -> str:
 
 # -- does waiting help? ----------------------------------------------------------------
 
-# Error replies that say "not now": the server is loading its data, busy with a script,
-# between roles, out of memory or unable to persist. Waiting can fix these. redis-py
-# raises some as classes of their own, without the first word.
-_TRANSIENT_REPLIES = (
-    "LOADING",
-    "BUSY",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "TRYAGAIN",
-    "READONLY",
-    "UNBLOCKED",
-    "OOM",
-    "MISCONF",
-    "NOREPLICAS",
-)
-_TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
-    getattr(rexc, name)
-    for name in (
-        "BusyLoadingError",
-        "ReadOnlyError",
-        "OutOfMemoryError",
-        "TryAgainError",
-        "ClusterDownError",
-        "MasterDownError",
-    )
-    if hasattr(rexc, name)  # not every supported redis-py release has them all
-)
+# Error replies that say "not now", which waiting can fix: the broker's refusals (full,
+# busy, loading, a cluster in trouble; ``is_refusal``), a demoted master, and a blocked
+# command released by a role change.
+_BETWEEN_ROLES = ("READONLY", "UNBLOCKED")
 # What no amount of waiting fixes: refused credentials or permissions, a database the
 # server does not have, a peer that does not speak the protocol, a TLS certificate that
 # does not verify.
@@ -250,7 +229,9 @@ def waiting_helps(exc: BaseException) -> bool:
         if isinstance(error, _PERMANENT_TYPES) or any(w in text for w in _PERMANENT_TEXT):
             return False
         if isinstance(error, rexc.ResponseError) and not (
-            isinstance(error, _TRANSIENT_TYPES) or str(error).startswith(_TRANSIENT_REPLIES)
+            is_refusal(error)
+            or isinstance(error, rexc.ReadOnlyError)
+            or str(error).startswith(_BETWEEN_ROLES)
         ):
             return False
         error = error.__cause__

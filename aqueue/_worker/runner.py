@@ -145,7 +145,6 @@ class Outcome:
     result: bytes = b""
     error: str = ""
     delay: float = 0.0
-    exc: BaseException | None = None
 
 
 # The common outcomes, made once rather than per attempt.
@@ -261,7 +260,7 @@ class Runner:
         """Archive at once (no retry can help), telling ``on_error`` first."""
         if ctx is not None and self.on_error is not None:
             await self._call_on_error(ctx, exc)
-        return Outcome(Kind.ARCHIVE, error=_describe(exc), exc=exc)
+        return Outcome(Kind.ARCHIVE, error=_describe(exc))
 
     def _interrupted(self, task: Claimed) -> Outcome:
         if task.reason is Reason.SHUTDOWN:
@@ -283,10 +282,10 @@ class Runner:
         )
         if benign:
             # is_failure said no: try again without spending a retry.
-            return Outcome(Kind.AGAIN, error=error, delay=self._delay(task, exc, delay), exc=exc)
+            return Outcome(Kind.AGAIN, error=error, delay=self._delay(task, exc, delay))
         if task.retried >= task.max_retry:
-            return Outcome(Kind.ARCHIVE, error=error, exc=exc)
-        return Outcome(Kind.RETRY, error=error, delay=self._delay(task, exc, delay), exc=exc)
+            return Outcome(Kind.ARCHIVE, error=error)
+        return Outcome(Kind.RETRY, error=error, delay=self._delay(task, exc, delay))
 
     def _delay(self, task: Claimed, exc: BaseException, delay: float | None) -> float:
         if delay is not None:

@@ -31,10 +31,7 @@ class Slots:
     def give(self, n: int) -> None:
         if n:
             self.free += n
-            waiter = self._waiter
-            if waiter is not None:
-                self._waiter = None
-                waiter.set()
+            self.wake()
 
     @property
     def awaited(self) -> bool:
