@@ -164,11 +164,12 @@ class Client(Connected):
         return results
 
     async def _write(self, prepared: list[Prepared], now: int, durable: bool | None) -> list[Any]:
-        if len(prepared) == 1 and not (self.durable if durable is None else durable):
-            return [await self._write_one(prepared[0], now)]
+        durable = self.durable if durable is None else durable
+        if len(prepared) == 1 and not durable:
+            return [await self._write_one(prepared[0])]
         batch = self._producer.many(prepared, now)
         calls, extra, b = batch.calls, batch.extra, self._broker
-        if self.durable if durable is None else durable:
+        if durable:
             replies = await b.run(lambda: self._write_durably(calls, extra))
         else:
             replies = await b.run(lambda: b.scripts(calls, extra))
@@ -179,10 +180,10 @@ class Client(Connected):
                 out[i] = outcome(prepared[i], rep)
         return out
 
-    async def _write_one(self, p: Prepared, now: int) -> TaskInfo | AqueueError:
+    async def _write_one(self, p: Prepared) -> TaskInfo | AqueueError:
         """One task, not durable: the most common call. The same script and commands as
         ``_write`` sends for a batch, with less bookkeeping on the way."""
-        call, extra, new = self._producer.one(p, now)
+        call, extra, new = self._producer.one(p)
         b = self._broker
         replies = await b.run(lambda: b.scripts([call], extra))
         self._producer.registered(new)

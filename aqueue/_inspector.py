@@ -24,7 +24,7 @@ from ._cancel import cancel_task, publish_done
 from ._codec import decode_message
 from ._cron import CronEntry
 from ._format import either
-from ._reads import get_task, read_cron_entries, read_tasks, read_workers, text
+from ._reads import get_task, read_cron_entries, read_queues, read_tasks, read_workers, text
 from ._redis import scripts
 from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, Connected, ServerLike
 from ._redis.keys import Done, QueueKeys, queue_keys, queues_key
@@ -74,9 +74,7 @@ class Inspector(Connected):
 
     async def queues(self) -> list[str]:
         """Names of every queue a client or worker has used, sorted."""
-        b = self._broker
-        names = await b.run(lambda: b.redis.smembers(queues_key(b.prefix)))
-        return sorted(text(n) for n in names)
+        return await read_queues(self._broker)
 
     async def queue_info(self, queue: str) -> QueueInfo:
         """Sizes per state, pause, today's and total counters, latency and memory."""

@@ -141,11 +141,11 @@ class Producer:
 
     # -- what to send ------------------------------------------------------------------
 
-    def one(self, p: Prepared, now: int) -> tuple[Call, list[Command], list[str]]:
+    def one(self, p: Prepared) -> tuple[Call, list[Command], list[str]]:
         """The enqueue call of one task, its extra commands and the queues they
         register: the same as ``many`` sends for one task, with less bookkeeping."""
         queue, due = p.opts.queue, p.opts.due
-        call = scripts.enqueue(queue_keys(self.prefix, queue), now, p.opts.unique > 0, p.args)
+        call = scripts.enqueue(queue_keys(self.prefix, queue), p.now, p.opts.unique > 0, p.args)
         extra, new = self.registrations((queue,))
         if due:
             extra.append(self.notice(queue, due))
@@ -180,7 +180,7 @@ class Producer:
         return Batch(calls, order, extra, new)
 
     def cron(
-        self, p: Prepared, now: int, entry: str, tick: int, history: int
+        self, p: Prepared, entry: str, tick: int, history: int
     ) -> tuple[Call, list[Command], list[str]]:
         """The enqueue call of one cron tick (written unless the tick already was), the
         registration of its queue and the queues that registers. The notice of a delayed
@@ -188,7 +188,7 @@ class Producer:
         schedulers firing a tick, only one writes it."""
         task = p.args if p.opts.unique else [*p.args, *scripts.NO_LOCK]
         k = queue_keys(self.prefix, p.opts.queue)
-        call = scripts.enqueue_cron(k, now, entry, tick, history, task)
+        call = scripts.enqueue_cron(k, p.now, entry, tick, history, task)
         extra, new = self.registrations((p.opts.queue,))
         return call, extra, new
 

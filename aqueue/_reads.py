@@ -1,5 +1,6 @@
 """Reading what the server holds, as the public Structs: tasks (for ``Client.result``
-and the Inspector), live workers, and the cron entries the schedulers registered.
+and the Inspector), queue names, live workers, and the cron entries the schedulers
+registered.
 
 Functions of a ``Broker``, so that each caller reads through its own (its errors name
 the caller's URL, its calls share the caller's watchdog). Reads are pipelined plain
@@ -23,6 +24,12 @@ from .errors import TaskNotFound
 # Per task, read_tasks reads these hash fields, then these sorted-set scores.
 _TASK_HASHES = ("states", "tasks", "retried", "errors", "failed_at", "results", "progress")
 _TASK_SETS = ("scheduled", "retry", "completed")
+
+
+async def read_queues(broker: Broker) -> list[str]:
+    """Names of every queue a client or worker has used, sorted."""
+    names = await broker.run(lambda: broker.redis.smembers(queues_key(broker.prefix)))
+    return sorted(text(n) for n in names)
 
 
 async def get_task(broker: Broker, queue: str, task_id: str) -> TaskInfo:
@@ -145,8 +152,7 @@ async def read_cron_entries(broker: Broker) -> list[CronEntry]:
     """Every cron entry any scheduler has registered, once each, with next and last runs
     and recent history (newest first)."""
     b = broker
-    members = await b.run(lambda: b.redis.smembers(queues_key(b.prefix)))
-    names = sorted(text(n) for n in members)
+    names = await read_queues(b)
     commands: list[tuple[Any, ...]] = []
     for q in names:
         k = queue_keys(b.prefix, q)

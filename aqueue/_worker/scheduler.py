@@ -26,7 +26,7 @@ from .._cron import CronSpec
 from .._producer import Producer, now_ms
 from .._redis import scripts
 from .._redis.broker import Broker
-from .._redis.keys import queue_keys, queues_key
+from .._redis.keys import queue_keys
 from .._task import DEFAULT_QUEUE, from_ms
 from ..errors import BrokerUnavailable
 from .outage import Outage
@@ -83,16 +83,17 @@ class Scheduler:
                 return
 
     async def _register(self) -> None:
-        """Publish each entry's definition, for ``Inspector.cron_entries``."""
+        """Publish each entry's definition, for ``Inspector.cron_entries``, and register
+        the entries' queues (through the producer: its first ticks need not again)."""
         b = self._broker
-        commands: list[tuple[Any, ...]] = []
-        for e in self._entries:
-            q = queue_of(e)
-            commands.append(("SADD", queues_key(b.prefix), q))
+        queues = [queue_of(e) for e in self._entries]
+        commands, new = self._producer.registrations(dict.fromkeys(queues))
+        for e, q in zip(self._entries, queues, strict=True):
             commands.append(
                 ("HSET", queue_keys(b.prefix, q).crondef, e.name, encode_value(e.definition()))
             )
         await b.run(lambda: b.scripts([], commands))
+        self._producer.registered(new)
 
     async def _catch_up(self) -> None:
         b = self._broker
@@ -110,9 +111,8 @@ class Scheduler:
         """Enqueue ``e``'s task for ``tick`` unless some scheduler already did; False
         if one did."""
         b, producer = self._broker, self._producer
-        now = now_ms()
-        p = producer.prepare(e.task, e.payload, e.options, now)
-        call, extra, new = producer.cron(p, now, e.name, tick, HISTORY)
+        p = producer.prepare(e.task, e.payload, e.options, now_ms())
+        call, extra, new = producer.cron(p, e.name, tick, HISTORY)
         reply = (await b.run(lambda: b.scripts([call], extra)))[0]
         producer.registered(new)
         if reply == scripts.SKIPPED:
