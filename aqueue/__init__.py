@@ -7,6 +7,7 @@ modules is internal and may change.
 from ._client import Client, Job
 from ._cron import CronEntry, CronRun
 from ._inspector import Inspector
+from ._limits import LimitInfo, Rate
 from ._mux import Context, Handler, Mux
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
 from ._version import __version__
@@ -49,11 +50,13 @@ __all__ = [
     "InvalidPayload",
     "InvalidQueueName",
     "Job",
+    "LimitInfo",
     "Mux",
     "PayloadTooLarge",
     "QueueInfo",
     "QueueNotEmpty",
     "QueueNotFound",
+    "Rate",
     "ResultTimeout",
     "Retry",
     "Revoke",

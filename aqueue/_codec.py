@@ -1,15 +1,17 @@
 """Encoding of payloads, results and stored task messages (msgpack via msgspec; no pickle).
 
-A stored message is ``b"<max_retry>|<unique digest>|" + msgpack(Body)``. The short
-plain-text header is the only part a Lua script ever reads (the reaper needs
-``max_retry`` and the unique digest), so scripts never parse user data.
+A stored message is ``b"<max_retry>|<unique digest>|<priority>|<type length>|<key
+length>|<type><limit key>" + msgpack(Body)``. The short plain-text header is the only
+part a Lua script ever reads (the reaper needs ``max_retry`` and the unique digest, flow
+control the priority, the type and the limit key), so scripts never parse msgpack; the
+type and key are length-prefixed, so no byte of theirs is mistaken for a separator.
 """
 
 from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -52,13 +54,35 @@ def encode_payload(payload: object, limit: int) -> bytes:
     return data
 
 
-def encode_message(max_retry: int, digest: str, body: Body) -> bytes:
-    return b"%d|%s|" % (max_retry, digest.encode()) + _encoder.encode(body)
+def encode_message(
+    max_retry: int, digest: str, body: Body, priority: int = 0, limit_key: str = ""
+) -> bytes:
+    t, k = body.type.encode(), limit_key.encode()
+    head = b"%d|%s|%d|%d|%d|" % (max_retry, digest.encode(), priority, len(t), len(k))
+    return head + t + k + _encoder.encode(body)
 
 
-def decode_message(data: bytes) -> tuple[int, str, Body]:
-    max_retry, digest, rest = data.split(b"|", 2)
-    return int(max_retry), digest.decode(), _body_decoder.decode(rest)
+class Header(NamedTuple):
+    """The plain-text header of a stored message (what scripts read)."""
+
+    max_retry: int
+    digest: str  # "" = no unique lock
+    priority: int
+    limit_key: str  # "" = none
+
+
+def decode_message(data: bytes) -> tuple[Header, Body]:
+    parts = data.split(b"|", 5)
+    if len(parts) == 6 and parts[2].isdigit() and parts[3].isdigit() and parts[4].isdigit():
+        max_retry, digest, priority, tlen, klen, rest = parts
+        t = int(tlen)
+        k = t + int(klen)
+        header = Header(int(max_retry), digest.decode(), int(priority), rest[t:k].decode())
+        return header, _body_decoder.decode(rest[k:])
+    # Stored by a version before flow control: "<max_retry>|<digest>|<body>" (a msgpack
+    # body starts with an array byte, never a digit, so the two never mix up).
+    max_retry, digest, body = data.split(b"|", 2)
+    return Header(int(max_retry), digest.decode(), 0, ""), _body_decoder.decode(body)
 
 
 def encode_value(value: object) -> bytes:

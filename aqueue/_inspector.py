@@ -24,10 +24,19 @@ from ._cancel import cancel_task, publish_done
 from ._codec import decode_message
 from ._cron import CronEntry
 from ._format import either
-from ._reads import get_task, read_cron_entries, read_queues, read_tasks, read_workers, text
+from ._limits import LimitInfo
+from ._reads import (
+    get_task,
+    read_cron_entries,
+    read_limits,
+    read_queues,
+    read_tasks,
+    read_workers,
+    text,
+)
 from ._redis import scripts
 from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, Connected, ServerLike
-from ._redis.keys import Done, QueueKeys, queue_keys, queues_key
+from ._redis.keys import Done, QueueKeys, lane_member_id, queue_keys, queues_key
 from ._redis.scripts import Call, Mode
 from ._task import (
     ACTION_STATES,
@@ -93,12 +102,19 @@ class Inspector(Connected):
             ("HMGET", k.stats, "p", "f", f"p:{day}", f"f:{day}"),
             ("LINDEX", k.pending, -1),  # the next to run: the one waiting longest
             ("ZRANGE", k.leases, 0, -1),
+            # Flow control's lanes (docs/flow-control.md): their count, and the first
+            # lane's oldest task when the plain list is empty.
+            ("ZCARD", k.ready),
+            ("ZRANGE", k.ready, 0, 0),
         ]
         replies = await self._read_and_trim(k, extra)
         await self._check_known(queue, replies[:2])
         pending, scheduled, retry, archived, completed, paused = (int(x) for x in replies[2:8])
         p, f, p_today, f_today = (int(x or 0) for x in replies[8])
         oldest, workers = replies[9], [text(w) for w in replies[10]]
+        pending += int(replies[11])
+        if oldest is None and replies[12]:
+            oldest = lane_member_id(replies[12][0])
         active, latency, memory = await self._estimates(k, oldest, [k.lease(w) for w in workers])
         return QueueInfo(
             queue=queue,
@@ -198,20 +214,27 @@ class Inspector(Connected):
         k = queue_keys(b.prefix, queue)
         start, stop = (page - 1) * size, page * size - 1
         page_cmd: tuple[Any, ...]
+        lanes: list[tuple[Any, ...]] = []
         if state == "pending":
-            # The next to run is at the right end: read the page from there, backwards.
+            # The next to run is at the right end: read the page from there, backwards;
+            # then the tasks waiting in flow control's lanes, lane by lane.
             page_cmd = ("LRANGE", k.pending, -stop - 1, -start - 1)
+            lanes = [("LLEN", k.pending), ("ZRANGE", k.ready, 0, stop)]
         elif state == "active":
             page_cmd = ("ZRANGE", k.leases, 0, -1)
         elif state in ("scheduled", "retry"):
             page_cmd = ("ZRANGE", getattr(k, state), start, stop)
         else:
             page_cmd = ("ZRANGE", getattr(k, state), start, stop, "REV")
-        replies = await b.run(lambda: b.scripts([], [*self._known_commands(queue), page_cmd]))
+        commands = [*self._known_commands(queue), page_cmd, *lanes]
+        replies = await b.run(lambda: b.scripts([], commands))
         await self._check_known(queue, replies[:2])
         ids = [text(i) for i in replies[2]]
         if state == "pending":
             ids.reverse()
+            plain = int(replies[3])
+            laned = replies[4][max(0, start - plain) : max(0, stop + 1 - plain)]
+            ids += [lane_member_id(m) for m in laned][: size - len(ids)]
         elif state == "active":
             ids = (await self._active_ids(k, ids))[start : stop + 1]
         tasks = await read_tasks(self._broker, [(queue, i) for i in ids])
@@ -265,6 +288,12 @@ class Inspector(Connected):
         A worker that died without a goodbye is gone once its lease expires."""
         return await read_workers(self._broker)
 
+    async def limits(self) -> list[LimitInfo]:
+        """Every declared limit (docs/flow-control.md): a queue's own (``task_type``
+        None) and each task type's, with the slots taken now (``running``, summed over
+        keys) and how many limit keys have pending or active tasks (``keys``)."""
+        return await read_limits(self._broker)
+
     async def cron_entries(self) -> list[CronEntry]:
         """Every cron schedule any worker runs, once each, with its spec, time zone,
         task, queue, next and last run, and recent history (newest first)."""
@@ -317,7 +346,7 @@ class Inspector(Connected):
         memory = sum(int(n) for n in replies[1 + len(leases) :] if isinstance(n, int))
         latency = 0.0
         if isinstance(message, bytes):
-            enqueued_at = decode_message(message)[2].enqueued_at
+            enqueued_at = decode_message(message)[1].enqueued_at
             latency = max(0.0, time.time() - enqueued_at / 1000)
         return active, latency, memory
 
@@ -377,12 +406,16 @@ class Inspector(Connected):
             )
         b = self._broker
         k = queue_keys(b.prefix, queue)
-        size_cmd = ("LLEN", k.pending) if state == "pending" else ("ZCARD", getattr(k, state))
-        replies = await b.run(lambda: b.scripts([], [*self._known_commands(queue), size_cmd]))
+        size_cmds = (
+            [("LLEN", k.pending), ("ZCARD", k.ready)]
+            if state == "pending"
+            else [("ZCARD", getattr(k, state))]
+        )
+        replies = await b.run(lambda: b.scripts([], [*self._known_commands(queue), *size_cmds]))
         await self._check_known(queue, replies[:2])
         # Only what was there when the call began: a source that keeps filling up does
         # not keep the loop going.
-        size = int(replies[2])
+        size = sum(int(x) for x in replies[2:])
         moved = taken = 0
         while taken < size:
             limit = min(BULK_BATCH, size - taken)

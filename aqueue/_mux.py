@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, overload
 
 from ._cron import CronSpec, check_spec
+from ._limits import LimitSpec, Rate, limit_spec
 from ._options import OPTION_NAMES, check_options
+from ._task import DEFAULT_QUEUE, check_queue_name
 from .errors import InvalidOption
 
 P = TypeVar("P")
@@ -23,7 +25,13 @@ _NO_PAYLOAD: Any = object()
 
 
 class Context:
-    """What a handler knows about the attempt it is running."""
+    """What a handler knows about the attempt it is running.
+
+    Besides the task's identity and attempt: ``priority`` (0-9) and ``limit_key``
+    (None when the task has none) as enqueued; in a workflow step, ``flow_id`` (None
+    outside flows) and ``inputs``, the results of the step's dependencies when it has
+    a payload of its own (None outside flows).
+    """
 
     __slots__ = (
         "_deadline",
@@ -32,8 +40,12 @@ class Context:
         "_enqueued_ms",
         "_progress",
         "cancelled_by",
+        "flow_id",
         "headers",
+        "inputs",
+        "limit_key",
         "max_retry",
+        "priority",
         "queue",
         "retry_count",
         "task_id",
@@ -54,6 +66,10 @@ class Context:
         progress: ProgressSink | None = None,
         deadline_ms: int = 0,
         enqueued_at_ms: int = 0,
+        priority: int = 0,
+        limit_key: str | None = None,
+        flow_id: str | None = None,
+        inputs: Any = None,
     ) -> None:
         self.task_id = task_id
         self.task_type = task_type
@@ -68,6 +84,10 @@ class Context:
         self._enqueued_ms = enqueued_at_ms
         self.headers = dict(headers)
         self._progress = progress
+        self.priority = priority
+        self.limit_key = limit_key
+        self.flow_id = flow_id
+        self.inputs = inputs
         # Why the worker cancelled this attempt: "shutdown", "lost" or "cancel"; a
         # timeout leaves it None (the time ran out at ``deadline``).
         self.cancelled_by: str | None = None
@@ -102,14 +122,22 @@ class Handler(Generic[P, R]):
     """A registered task type: pass it to ``Client.enqueue`` or ``Job``.
 
     Calling it calls the wrapped function directly, which keeps handlers unit-testable.
+    ``limits`` are its task type's rate and concurrency limits (None: unlimited).
     """
 
-    __slots__ = ("fn", "is_async", "name", "options", "payload_type")
+    __slots__ = ("fn", "is_async", "limits", "name", "options", "payload_type")
 
-    def __init__(self, name: str, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        options: Mapping[str, Any],
+        limits: LimitSpec | None = None,
+    ) -> None:
         self.name = name
         self.fn = fn
         self.options = dict(options)
+        self.limits = limits
         self.is_async = inspect.iscoroutinefunction(fn)
         self.payload_type = _payload_type(name, fn)
 
@@ -193,9 +221,11 @@ class _CronDecorator:
         catch_up: str,
         catch_up_max: int,
         options: dict[str, Any],
+        limits: dict[str, Any],
     ) -> None:
         self._mux, self._spec, self._name, self._tz = mux, spec, name, tz
         self._catch_up, self._catch_up_max, self._options = catch_up, catch_up_max, options
+        self._limits = limits  # rate_limit/concurrency_limit: the handler's, not the ticks'
 
     @overload
     def __call__(self, fn: Callable[[Context], Awaitable[R]]) -> Handler[None, R]: ...
@@ -216,7 +246,7 @@ class _CronDecorator:
         )
         if name in self._mux._cron:
             raise InvalidOption(f"cron entry {name!r} is already registered")
-        handler = self._mux.handle(name, fn, **self._options)
+        handler = self._mux.handle(name, fn, **self._limits, **self._options)
         cron.task = handler
         self._mux._add_cron(cron)
         return handler
@@ -227,6 +257,9 @@ class Mux:
 
     A name ending in ``:`` is a prefix pattern (``"email:"`` serves ``"email:send"``);
     an exact name beats any pattern and the longest pattern wins.
+
+    A Mux also declares flow-control limits (of task types and of whole queues); a
+    worker publishes them all when it starts (``limits``).
     """
 
     def __init__(self) -> None:
@@ -234,27 +267,87 @@ class Mux:
         self._middleware: list[Middleware] = []
         self._prefixes: list[str] = []
         self._cron: dict[str, CronSpec] = {}
+        self._queue_limits: dict[str, LimitSpec] = {}
 
-    def task(self, name: str, **options: Any) -> _Decorator:
+    def task(
+        self,
+        name: str,
+        *,
+        rate_limit: Rate | str | None = None,
+        concurrency_limit: int | None = None,
+        **options: Any,
+    ) -> _Decorator:
         """Register the decorated function as the handler of ``name``.
 
         ``options`` are the defaults of tasks enqueued through the returned handler
-        (any ``enqueue`` option but ``task_id``).
+        (any ``enqueue`` option but ``task_id``; ``limit_key`` may also be a callable
+        ``(payload) -> str``). ``rate_limit`` (a ``Rate`` or ``"N/s"``, ``"N/m"``,
+        ``"N/h"``) and ``concurrency_limit`` (an int >= 1) bound the task type across
+        every worker, per limit key.
         """
-        return _Decorator(self, name, options)
+        limits = {"rate_limit": rate_limit, "concurrency_limit": concurrency_limit}
+        return _Decorator(self, name, {**options, **limits})
 
-    def handle(self, name: str, fn: Callable[..., Any], **options: Any) -> Handler[Any, Any]:
+    def handle(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        rate_limit: Rate | str | None = None,
+        concurrency_limit: int | None = None,
+        **options: Any,
+    ) -> Handler[Any, Any]:
         """Register ``fn`` as the handler of ``name`` (see ``task``)."""
-        if not isinstance(name, str) or not name:
-            raise InvalidOption(f"task name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise InvalidOption(
+                f"task name must be a non-empty string without control characters, got {name!r}"
+            )
         unknown = set(options) - OPTION_NAMES
         if unknown or "task_id" in options:
             bad = sorted(unknown | ({"task_id"} & set(options)))
             raise InvalidOption(f"unknown handler option(s) {bad} for task {name!r}")
-        check_options(options, f"task {name!r}")
-        handler: Handler[Any, Any] = Handler(name, fn, options)
+        check_options(options, f"task {name!r}", handler=True)
+        limits = limit_spec(rate_limit, concurrency_limit, f"task {name!r}")
+        if limits is not None and name.endswith(":"):
+            # A limit is kept per task type; a pattern names no one type to keep it under.
+            raise InvalidOption(f"limits need an exact task type, not the pattern {name!r}")
+        handler: Handler[Any, Any] = Handler(name, fn, options, limits)
         self._add(name, _Entry(handler, (self._middleware,)))
         return handler
+
+    def limit_queue(
+        self,
+        queue: str,
+        *,
+        rate_limit: Rate | str | None = None,
+        concurrency_limit: int | None = None,
+    ) -> None:
+        """Limit a whole queue across every worker: at most ``rate_limit`` starts and
+        ``concurrency_limit`` running tasks, whatever their type. Calling it again for
+        the same queue replaces its limits."""
+        check_queue_name(queue)
+        limits = limit_spec(rate_limit, concurrency_limit, f"queue {queue!r}")
+        if limits is None:
+            raise InvalidOption(f"limit_queue({queue!r}) needs a rate_limit or a concurrency_limit")
+        self._queue_limits[queue] = limits
+
+    def limits(self) -> dict[str, dict[str, LimitSpec]]:
+        """Every limit this mux declares, by queue: field ``"q"`` is the queue's own,
+        ``"t:<task type>"`` a task type's, under its handler's queue.
+
+        Every queue named by a handler or ``limit_queue`` is there, with ``{}`` when it
+        has no limits: a worker replaces each listed queue's declaration with this, so
+        a limit removed from the code is lifted.
+        """
+        found: dict[str, dict[str, LimitSpec]] = {
+            queue: {"q": spec} for queue, spec in self._queue_limits.items()
+        }
+        for entry in self._entries.values():
+            handler = entry.handler
+            fields = found.setdefault(handler.options.get("queue") or DEFAULT_QUEUE, {})
+            if handler.limits is not None:
+                fields["t:" + handler.name] = handler.limits
+        return found
 
     def cron(
         self,
@@ -264,6 +357,8 @@ class Mux:
         tz: str = "UTC",
         catch_up: str = "latest",
         catch_up_max: int = 100,
+        rate_limit: Rate | str | None = None,
+        concurrency_limit: int | None = None,
         **options: Any,
     ) -> _CronDecorator:
         """Run the decorated function on a schedule; it is registered as a task too.
@@ -273,10 +368,12 @@ class Mux:
         ``module.qualname``. ``catch_up`` says what a scheduler starting after every
         worker was down does with ticks it missed: ``"latest"`` enqueues the latest one
         once, ``"skip"`` none, ``"all"`` each of them (at most ``catch_up_max``).
-        ``options`` are the enqueue options of every tick's task.
+        ``options`` are the enqueue options of every tick's task; ``rate_limit`` and
+        ``concurrency_limit`` limit the task type as in ``task``.
         """
         check_spec(spec, tz)
-        return _CronDecorator(self, spec, name, tz, catch_up, catch_up_max, options)
+        limits = {"rate_limit": rate_limit, "concurrency_limit": concurrency_limit}
+        return _CronDecorator(self, spec, name, tz, catch_up, catch_up_max, options, limits)
 
     def cron_task(
         self,
@@ -324,7 +421,9 @@ class Mux:
 
     def include(self, other: Mux) -> None:
         """Serve every handler of ``other`` too, wrapped in this mux's middleware
-        and then ``other``'s own."""
+        and then ``other``'s own, and declare its queue limits. Like a task name
+        registered in both, a queue limited differently in both is refused: neither
+        limit is obviously the one meant."""
         if other is self:
             raise InvalidOption("a Mux cannot include itself")
         clash = sorted(set(self._entries) & set(other._entries))
@@ -333,9 +432,15 @@ class Mux:
         clash = sorted(set(self._cron) & set(other._cron))
         if clash:
             raise InvalidOption(f"cron entry name(s) {clash} are registered in both muxes")
+        clash = sorted(
+            q for q, spec in other._queue_limits.items() if self._queue_limits.get(q, spec) != spec
+        )
+        if clash:
+            raise InvalidOption(f"queue(s) {clash} are limited differently in both muxes")
         for name, entry in other._entries.items():
             self._add(name, _Entry(entry.handler, (self._middleware, *entry.chains)))
         self._cron.update(other._cron)
+        self._queue_limits.update(other._queue_limits)
 
     def _add(self, name: str, entry: _Entry) -> None:
         if name in self._entries:

@@ -3,6 +3,10 @@
 An option comes from, in order of precedence: the ``enqueue``/``Job`` call, the
 handler's registration (when the task is enqueued through its handler), the Client's
 defaults. Everything is checked before any byte is written.
+
+``limit_key`` is the one option that may depend on the payload: on a handler it may be
+a callable ``(payload) -> str``, applied at enqueue (``resolve``), so one registration
+can key each task by its tenant, user, ...
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import base64
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._limits import check_limit_key
 from ._task import DEFAULT_MAX_RETRY, DEFAULT_QUEUE, DEFAULT_TIMEOUT, aware, check_queue_name, to_ms
 from ._task import seconds as _seconds
 from .errors import InvalidOption
@@ -30,8 +35,11 @@ OPTION_NAMES = frozenset(
         "task_id",
         "retention",
         "headers",
+        "priority",
+        "limit_key",
     }
 )
+MAX_PRIORITY = 9
 
 
 @dataclass(slots=True)
@@ -45,10 +53,17 @@ class Resolved:
     task_id: str
     retention: float
     headers: dict[str, str] | None
+    # Last and defaulted, so that positional constructions of the fields above still work.
+    priority: int = 0
+    limit_key: str = ""  # "" = none
 
 
-def check_options(opts: Mapping[str, Any], where: str) -> None:
-    """Validate every option present in ``opts``; raise naming the bad value."""
+def check_options(opts: Mapping[str, Any], where: str, *, handler: bool = False) -> None:
+    """Validate every option present in ``opts``; raise naming the bad value.
+
+    ``handler`` says ``opts`` are a handler's registration options, the one place
+    where ``limit_key`` may be a callable.
+    """
     unknown = set(opts) - OPTION_NAMES
     if unknown:
         raise InvalidOption(f"unknown option(s) {sorted(unknown)} for {where}")
@@ -72,8 +87,43 @@ def check_options(opts: Mapping[str, Any], where: str) -> None:
                 )
         elif name == "headers" and not _str_map(value):
             raise InvalidOption(f"headers must be a mapping of str to str, got {value!r} ({where})")
+        elif name == "priority":
+            check_priority(value, where)
+        elif name == "limit_key":
+            _check_limit_key_option(value, where, handler)
     if opts.get("process_in") is not None and opts.get("process_at") is not None:
         raise InvalidOption(f"give process_in or process_at, not both ({where})")
+
+
+def check_priority(value: object, where: str) -> int:
+    """``value`` if it is a priority: the scripts keep one lane per level, 0 to 9."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PRIORITY:
+        return value
+    raise InvalidOption(
+        f"priority must be an int from 0 to {MAX_PRIORITY}, got {value!r} ({where})"
+    )
+
+
+def _check_limit_key_option(value: object, where: str, handler: bool) -> None:
+    if handler and callable(value):
+        return  # checked on each result, at enqueue
+    if handler and not isinstance(value, str):
+        raise InvalidOption(
+            f"limit_key must be a str or a callable (payload) -> str, got {value!r} ({where})"
+        )
+    check_limit_key(value, where)
+
+
+def _key_of(fn: Callable[[Any], object], payload: Any) -> str:
+    """The limit key a handler's ``limit_key`` callable gives ``payload``."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    try:
+        key = fn(payload)
+    except Exception as exc:  # the user's code: any failure is a bad option value
+        raise InvalidOption(
+            f"limit_key callable {name} raised {type(exc).__name__}: {exc} (enqueue)"
+        ) from exc
+    return check_limit_key(key, f"returned by the limit_key callable {name}")
 
 
 _ID_BYTES = 12  # 16 characters of base64, no padding
@@ -106,8 +156,10 @@ def resolve(
     handler: Mapping[str, Any],
     defaults: Mapping[str, Any],
     now: int,
+    payload: Any = None,
 ) -> Resolved:
-    """Merge the three layers (explicit wins) into concrete values."""
+    """Merge the three layers (explicit wins) into concrete values; ``payload`` is
+    what a ``limit_key`` callable is applied to."""
 
     def pick(name: str) -> Any:
         for layer in (explicit, handler, defaults):
@@ -141,6 +193,10 @@ def resolve(
         timeout = DEFAULT_TIMEOUT
     max_retry = pick("max_retry")
     headers = pick("headers")
+    priority = pick("priority")
+    limit_key = pick("limit_key")
+    if callable(limit_key):
+        limit_key = _key_of(limit_key, payload)
     return Resolved(
         queue=pick("queue") or DEFAULT_QUEUE,
         max_retry=DEFAULT_MAX_RETRY if max_retry is None else max_retry,
@@ -151,6 +207,8 @@ def resolve(
         task_id=explicit.get("task_id") or new_task_id(),
         retention=_seconds(pick("retention"), "retention") if pick("retention") else 0.0,
         headers=dict(headers) if headers else None,
+        priority=0 if priority is None else priority,
+        limit_key=limit_key or "",
     )
 
 

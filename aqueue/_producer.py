@@ -44,14 +44,22 @@ Command = tuple[Any, ...]
 
 class Prepared:
     """One task, checked and encoded: its type, encoded payload, resolved options, its
-    arguments in an enqueue call (``scripts.enqueue``) and when it was prepared (ms)."""
+    arguments in an enqueue call (``scripts.enqueue``), when it was prepared (ms), and
+    whether it waits in a lane of flow control (``laned``)."""
 
-    __slots__ = ("args", "data", "now", "opts", "type")
+    __slots__ = ("args", "data", "laned", "now", "opts", "type")
 
     def __init__(
-        self, task_type: str, data: bytes, opts: Resolved, args: list[Any], now: int
+        self,
+        task_type: str,
+        data: bytes,
+        opts: Resolved,
+        args: list[Any],
+        now: int,
+        laned: bool = False,
     ) -> None:
         self.type, self.data, self.opts, self.args, self.now = task_type, data, opts, args, now
+        self.laned = laned
 
 
 class Batch(NamedTuple):
@@ -90,13 +98,19 @@ class Producer:
         naming the bad value."""
         if isinstance(task, Handler):
             task_type, handler_opts = task.name, task.options
-        elif isinstance(task, str) and task:
+        elif isinstance(task, str) and task and task.isprintable():
             task_type, handler_opts = task, _NO_OPTIONS
         else:
-            raise InvalidOption(f"task must be a Handler or a non-empty type name, got {task!r}")
+            raise InvalidOption(
+                f"task must be a Handler or a non-empty type name without control "
+                f"characters, got {task!r}"
+            )
         if options:
             check_options(options, "enqueue")
-            opts = resolve(options, handler_opts, self.defaults, now)
+            opts = resolve(options, handler_opts, self.defaults, now, payload)
+        elif callable(handler_opts.get("limit_key")):
+            # The key comes from the payload: no template to reuse.
+            opts = resolve(options, handler_opts, self.defaults, now, payload)
         else:
             opts = self._resolved(handler_opts, now)
         data = encode_payload(payload, self.max_payload)
@@ -112,11 +126,16 @@ class Producer:
             enqueued_at=now,
             headers=opts.headers,
         )
-        message = encode_message(opts.max_retry, digest, body)
+        message = encode_message(opts.max_retry, digest, body, opts.priority, opts.limit_key)
         args = [opts.task_id, message, opts.due]
         if digest:
             args += [digest, int(opts.unique * 1000)]
-        return Prepared(task_type, data, opts, args, now)
+        # A task with a priority or a key waits in its lane; so does one whose handler
+        # has limits (the script would otherwise move it there at its first claim).
+        laned = opts.priority > 0 or bool(opts.limit_key)
+        if isinstance(task, Handler) and task.limits is not None:
+            laned = True
+        return Prepared(task_type, data, opts, args, now, laned)
 
     def _resolved(self, handler_opts: Mapping[str, Any], now: int) -> Resolved:
         """The options of a task enqueued without options of its own: the handler's and
@@ -136,7 +155,7 @@ class Producer:
         t = cached[1]
         return Resolved(
             t.queue, t.max_retry, t.timeout, t.deadline, 0, t.unique, new_task_id(),
-            t.retention, t.headers,
+            t.retention, t.headers, t.priority, t.limit_key,
         )  # fmt: skip
 
     # -- what to send ------------------------------------------------------------------
@@ -145,7 +164,8 @@ class Producer:
         """The enqueue call of one task, its extra commands and the queues they
         register: the same as ``many`` sends for one task, with less bookkeeping."""
         queue, due = p.opts.queue, p.opts.due
-        call = scripts.enqueue(queue_keys(self.prefix, queue), p.now, p.opts.unique > 0, p.args)
+        k = queue_keys(self.prefix, queue)
+        call = scripts.enqueue(k, p.now, p.opts.unique > 0, p.args, p.laned)
         extra, new = self.registrations((queue,))
         if due:
             extra.append(self.notice(queue, due))
@@ -169,7 +189,8 @@ class Producer:
                     tasks += prepared[i].args
                     if unique and not prepared[i].opts.unique:
                         tasks += scripts.NO_LOCK
-                calls.append(scripts.enqueue(k, now, unique, tasks))
+                lanes = any(prepared[i].laned for i in chunk)
+                calls.append(scripts.enqueue(k, now, unique, tasks, lanes))
                 order.append(chunk)
         earliest: dict[str, int] = {}
         for p in prepared:
@@ -237,6 +258,8 @@ def outcome(p: Prepared, reply: Any) -> TaskInfo | AqueueError:
         enqueued_at=from_ms(p.now),
         retention=o.retention,
         headers=o.headers or {},
+        priority=o.priority,
+        limit_key=o.limit_key or None,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._codec import decode_message, decode_value
 from ._cron import CronEntry, CronRun, CronSpec
+from ._limits import LimitInfo, LimitSpec
 from ._redis.broker import Broker
 from ._redis.keys import queue_keys, queues_key, worker_key, workers_key
 from ._task import TaskInfo, WorkerInfo, check_queue_name, from_ms
@@ -30,6 +31,61 @@ async def read_queues(broker: Broker) -> list[str]:
     """Names of every queue a client or worker has used, sorted."""
     names = await broker.run(lambda: broker.redis.smembers(queues_key(broker.prefix)))
     return sorted(text(n) for n in names)
+
+
+async def read_limits(broker: Broker) -> list[LimitInfo]:
+    """Every limit declared on a queue a client or worker has used, with how many of its
+    slots are taken now and how many keys have pending or active tasks under it."""
+    queues = await read_queues(broker)
+
+    async def read() -> list[Any]:
+        pipe = broker.redis.pipeline(transaction=False)
+        for queue in queues:
+            k = queue_keys(broker.prefix, queue)
+            pipe.hgetall(k.limits)
+            pipe.hgetall(k.running)
+            pipe.hgetall(k.lanes)
+        return list(await pipe.execute())
+
+    replies = await broker.run(read)
+    out: list[LimitInfo] = []
+    for i, queue in enumerate(queues):
+        declared, running, lanes = replies[3 * i : 3 * i + 3]
+        for field, value in sorted((text(f), v) for f, v in declared.items()):
+            spec = LimitSpec.decode(value)
+            task_type = None if field == "q" else field.removeprefix("t:")
+            busy, keys = _limit_use(task_type, running, list(lanes))
+            held_back = int(lanes.get(b"#hb:" + field.encode(), 0))
+            out.append(LimitInfo(
+                queue=queue, task_type=task_type, rate_limit=spec.rate,
+                concurrency_limit=spec.concurrency, running=busy, keys=keys,
+                held_back=held_back,
+            ))  # fmt: skip
+    return out
+
+
+def _limit_use(
+    task_type: str | None, running: dict[bytes, bytes], lanes: list[bytes]
+) -> tuple[int, int]:
+    """Slots taken and keys in use for the queue's limit (``task_type`` None) or a task
+    type's, from the queue's ``running`` hash and its lanes (lib/flow.lua's names)."""
+    if task_type is None:
+        busy = int(running.get(b"q", 0))
+        prefix = b"t\2"
+        lane_keys = {lane.split(b"\2", 2)[2] for lane in lanes if lane[:1].isdigit()}
+    else:
+        busy = 0
+        prefix = b"t\2" + task_type.encode() + b"\2"
+        tagged = b"\2" + task_type.encode() + b"\2"
+        lane_keys = {lane[len(tagged) + 1 :] for lane in lanes if lane[1:].startswith(tagged)}
+    keys = set(lane_keys)
+    for limit, n in running.items():
+        if limit.startswith(prefix) and int(n) > 0:
+            keys.add(limit[len(prefix) :] if task_type is not None else limit.split(b"\2", 2)[2])
+            if task_type is not None:
+                busy += int(n)
+    keys.discard(b"")
+    return busy, len(keys)
 
 
 async def get_task(broker: Broker, queue: str, task_id: str) -> TaskInfo:
@@ -68,7 +124,8 @@ def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | N
     state, message, retried, error, failed_at, result, progress, sched, retry, done = replies
     if state is None or message is None:
         return None
-    max_retry, _, body = decode_message(message)
+    header, body = decode_message(message)
+    max_retry = header.max_retry
     state_text = text(state)
     due = sched if state_text == "scheduled" else retry if state_text == "retry" else None
     completed_at = None
@@ -93,6 +150,8 @@ def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | N
         retention=body.retention,
         headers=body.headers or {},
         progress=decode_value(progress) if isinstance(progress, bytes) else None,
+        priority=header.priority,
+        limit_key=header.limit_key or None,
     )
 
 

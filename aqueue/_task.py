@@ -91,6 +91,9 @@ class TaskInfo(msgspec.Struct, kw_only=True):
     retention: float = 0.0
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     progress: Any = None
+    priority: int = 0
+    limit_key: str | None = None
+    flow_id: str | None = None
 
 
 class QueueInfo(msgspec.Struct, kw_only=True):

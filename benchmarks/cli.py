@@ -21,7 +21,7 @@ import anyio
 
 from aqueue.server import EmbeddedServer
 
-from . import drain, enqueue, latency, memory, recovery, scale
+from . import drain, enqueue, flow, latency, memory, recovery, scale
 from .common import Bench, Result
 
 Workload = Callable[[Bench], Awaitable[Result]]
@@ -49,6 +49,11 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "processes_cpu_2": (scale.processes_cpu_2, "--processes 2 vs 1, 1 ms CPU tasks"),
     "processes_cpu_4": (scale.processes_cpu_4, "--processes 4 vs 1, 1 ms CPU tasks"),
     "cluster": (scale.cluster_masters, "3-master vs 1-master cluster, 12 queues"),
+    "flow_limits_idle": (flow.flow_limits_idle, "limits never reached vs no limits, drain"),
+    "flow_keys_1000": (flow.flow_keys_1000, "1,000 limit keys in turn vs one key, drain"),
+    "flow_rate_200": (flow.flow_rate_200, 'rate_limit="200/s": starts per second'),
+    "flow_concurrency": (flow.flow_concurrency, "concurrency_limit=20, 2 ms tasks: running"),
+    "flow_latency": (flow.flow_latency, "idle latency of a limited task vs unlimited, p50"),
 }
 
 

@@ -31,6 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     # the task model and routing: pure, no I/O.
     "model": (
         "aqueue._task",
+        "aqueue._limits",
         "aqueue._codec",
         "aqueue._cron",
         "aqueue._options",

@@ -135,7 +135,8 @@ async def test_no_key_or_field_leaks_after_a_churn_of_10000_tasks(aqueue_url: st
     async with Worker(mux, aqueue_url, queues=["default", "other"], **options):
         await wait_for(lambda: _settled(peek), timeout=20)
     left = await sizes(peek)
-    keys = sorted(str(k) for k in await peek.r.keys("*"))
+    # A queue's bell holds one token at most, or none once an idle worker took it.
+    keys = sorted(str(k) for k in await peek.r.keys("*") if not str(k).endswith(":bell"))
     await peek.close()
     assert left["archived"] == left["tasks"] == left["states"] == 100
     assert left["completed"] == left["results"] == left["uniq"] == left["uniq_exp"] == 0

@@ -177,9 +177,9 @@ async def test_latency_is_the_age_of_the_next_pending_task(
     k = queue_keys("aq", "default")
     stored = await r.hget(k.tasks, first.id)
     assert isinstance(stored, bytes)
-    max_retry, digest, body = decode_message(stored)
+    header, body = decode_message(stored)
     body.enqueued_at -= 60_000
-    await r.hset(k.tasks, first.id, encode_message(max_retry, digest, body))
+    await r.hset(k.tasks, first.id, encode_message(header.max_retry, header.digest, body))
     assert 60 <= (await inspector.queue_info("default")).latency < 70
     await inspector.delete_task("default", first.id)
     assert (await inspector.queue_info("default")).latency < 10

@@ -257,12 +257,12 @@ async def test_idle_worker_follows_a_demotion_and_keeps_working(
     ):
         await _enqueue(client, recorder, ["before"], 0.0)
         await wait_for(lambda: _is(recorder, {"before"}))
-        # The idle worker is now blocked in BLMOVE on the master being demoted.
+        # The idle worker is now blocked on its bell (BLPOP) on the master being demoted.
         sentinel_set.sync.execute_command("SENTINEL", "FAILOVER", SERVICE)  # type: ignore[no-untyped-call]
         await _follow(sentinel_set, old)
         await _enqueue(client, recorder, ["after"], 0.0)
         await wait_for(lambda: _is(recorder, {"before", "after"}), timeout=15)
-    # The worker's blocked BLMOVE was released with UNBLOCKED; it reconnected quietly.
+    # The worker's blocked BLPOP was released with UNBLOCKED; it reconnected quietly.
     assert _errors(old, "UNBLOCKED") >= 1
     assert "UNBLOCKED" not in caplog.text
 

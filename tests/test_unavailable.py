@@ -81,6 +81,7 @@ CALLS: dict[str, Call] = {
     "Inspector.delete_all": lambda c, i: i.delete_all("default", "pending"),
     "Inspector.workers": lambda c, i: i.workers(),
     "Inspector.cron_entries": lambda c, i: i.cron_entries(),
+    "Inspector.limits": lambda c, i: i.limits(),
     "Inspector.close": lambda c, i: i.close(),
 }
 # These return, whatever became of the server: closing connections to a dead server
@@ -328,7 +329,7 @@ def out_of_memory(server: EmbeddedServer) -> None:
 
 # -- the dashboard -----------------------------------------------------------------------
 
-PAGES = ["/", "/workers", "/cron", "/queues/default", f"/queues/default/tasks/{TASK}"]
+PAGES = ["/", "/workers", "/cron", "/limits", "/queues/default", f"/queues/default/tasks/{TASK}"]
 ACTIONS = [
     "/queues/default/pause",
     f"/queues/default/tasks/{TASK}/archive",

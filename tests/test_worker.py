@@ -111,7 +111,7 @@ async def test_idle_worker_picks_up_a_new_task_within_milliseconds(url: str) -> 
         await client.enqueue(ping, time.perf_counter())  # warm up connections
         await wait_for(lambda: len(started) == 1)
         for i in range(20):
-            await anyio.sleep(0.02)  # the worker is idle, blocked on BLMOVE
+            await anyio.sleep(0.02)  # the worker is idle, blocked on the bell
             await client.enqueue(ping, time.perf_counter())
             await wait_for(lambda i=i: len(started) == i + 2)  # type: ignore[misc]
     latencies = sorted(started[1:])

@@ -1,4 +1,5 @@
-"""The admin commands of ``aqueue``: ``stats``, ``workers``, ``cron``, ``queue`` and ``task``.
+"""The admin commands of ``aqueue``: ``stats``, ``workers``, ``limits``, ``cron``, ``queue``
+and ``task``.
 
 Each command opens an ``Inspector`` on ``--url`` (else ``$AQUEUE_URL``, else the local
 default), prints an aligned table or ``key: value`` lines, or JSON with ``--json``, and
@@ -20,6 +21,7 @@ import redis.exceptions as rexc
 from .._cancel import cancel_task
 from .._format import duration_cell, either, size
 from .._inspector import Inspector
+from .._limits import LimitInfo
 from .._redis.broker import DEFAULT_URL, redacted
 from .._task import ACTION_STATES, Action, DailyStats, QueueInfo, State, TaskInfo
 from ..errors import AqueueError, QueueNotEmpty, QueueNotFound
@@ -29,6 +31,7 @@ from .output import (
     attempt,
     fields,
     last_error,
+    or_dash,
     percent,
     plural,
     print_json,
@@ -72,6 +75,7 @@ def add_commands(sub: Subparsers) -> None:
 
     leaf(sub, "stats", cmd_stats, "show every queue at a glance: sizes, today's counts, latency")
     leaf(sub, "workers", cmd_workers, "list live workers and the tasks they are running")
+    leaf(sub, "limits", cmd_limits, "list rate and concurrency limits and how busy they are")
 
     cron = sub.add_parser("cron", help="list cron schedules")
     csub = cron.add_subparsers(dest="cron_command", metavar="COMMAND", required=True)
@@ -197,6 +201,34 @@ async def cmd_workers(i: Inspector, args: argparse.Namespace) -> None:
                 for w, t in active
             ],
         ))  # fmt: skip
+
+
+async def cmd_limits(i: Inspector, args: argparse.Namespace) -> None:
+    limits = await i.limits()
+    if args.json:
+        return print_json(limits)
+    if not limits:
+        print("no limits declared (a worker declares its mux's limits when it starts)")
+        return
+    print(table(
+        ["QUEUE", "TASK TYPE", "RATE", "CONCURRENCY", "RUNNING", "KEYS", "HELD BACK"],
+        [
+            [x.queue, x.task_type or "(queue)", or_dash(x.rate_limit),
+             or_dash(x.concurrency_limit), _running(x), x.keys, x.held_back]
+            for x in limits
+        ],
+    ))  # fmt: skip
+    print()
+    print(
+        "RUNNING: slots taken now, of those the concurrency limit allows (a task type's "
+        "limit holds\nfor each of its KEYS: limit keys with pending or active tasks). "
+        "HELD BACK: claims the limit\nheld back since it was declared, by every worker."
+    )
+
+
+def _running(x: LimitInfo) -> str:
+    # Slots are counted for concurrency limits only: a rate limit has none to take.
+    return "-" if x.concurrency_limit is None else f"{x.running}/{x.slots}"
 
 
 async def cmd_cron_ls(i: Inspector, args: argparse.Namespace) -> None:

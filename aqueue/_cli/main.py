@@ -1,5 +1,6 @@
 """The ``aqueue`` command: ``worker``, ``dev``, ``metrics`` and ``dash`` here, the admin
-commands (``stats``, ``queue``, ``task``, ``workers``, ``cron``) in ``admin``.
+commands (``stats``, ``queue``, ``task``, ``workers``, ``limits``, ``cron``) in
+``admin``.
 
 Exit codes: 0 ok, 1 error (server unreachable, ...), 2 usage (bad arguments, a
 MODULE:ATTR that does not name a Mux or Worker).
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "metrics",
         help="serve Prometheus metrics of the queues (aqueue[prometheus])",
-        description="Serve per-queue Prometheus gauges over HTTP until SIGTERM/SIGINT.",
+        description="Serve Prometheus gauges of the queues and their limits over HTTP until "
+        "SIGTERM/SIGINT.",
     )
     m.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
     m.add_argument("--port", type=positive_int, default=9808, help="HTTP port (9808)")

@@ -87,6 +87,10 @@ def weights(w: WorkerInfo) -> str:
     return ",".join(f"{q}={weight:g}" for q, weight in w.queues.items())
 
 
+def or_dash(value: object) -> object:
+    return "-" if value is None else value
+
+
 def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 

@@ -26,7 +26,25 @@ lives in one Redis Cluster slot and every script touches one slot only:
 ``cron``         HASH   cron entry -> last tick enqueued (ms)
 ``crondef``      HASH   cron entry -> its definition (spec, tz, task), for the Inspector
 ``cronlog``      LIST   recent cron enqueues ``<entry>|<tick ms>|<id>``, newest first
+``bell``         LIST   at most one token: an idle worker's blocking claim pops it
+``ready``        ZSET   flow control: pending tasks in lanes, ``<lane>\1<seq><id>``
+``laneof``       HASH   id -> its member of ``ready``
+``lanes``        HASH   lane -> ``r`` (in turn), ``c`` (waits for a slot), ``w``
+                        (waits for its rate window); ``#...`` counters
+``rot``          ZSET   lanes in turn: priority first, then turn
+``wait``         ZSET   lane -> when its rate window lets it go on (server ms)
+``running``      HASH   limit -> tasks holding one of its slots; ``#held``
+``hold``         HASH   active id -> the limits whose slots it holds
+``rlog``         ZSET   recent starts per rate limit, ``<limit>\1<ms>:<n>``
+``rlim``         ZSET   rate limit -> when all its logged starts are old
+``limits``       HASH   the declared limits: ``q`` (the queue's), ``t:<type>``
 ===============  =====  ====================================================
+
+Flow control (docs/flow-control.md) keeps a task of priority 0 without a limit key, of
+a type without limits, in ``pending`` as before; any other pending task waits in its
+*lane* (priority, limited type or "", limit key) inside ``ready``, and the claim script
+serves the lanes in turn (``rot``), highest priority first. ``pending`` counts as the
+lane ``0\2\2``.
 
 Task data lives in per-queue hashes rather than one key per task, so that a script
 which claims tasks it cannot name in advance still declares every key it touches.
@@ -50,6 +68,7 @@ class QueueKeys:
     __slots__ = (
         "archived",
         "base",
+        "bell",
         "cancels",
         "completed",
         "cron",
@@ -57,19 +76,29 @@ class QueueKeys:
         "cronlog",
         "errors",
         "failed_at",
+        "hold",
+        "laneof",
+        "lanes",
         "leases",
+        "limits",
         "paused",
         "pending",
         "progress",
+        "ready",
         "results",
         "retried",
         "retry",
+        "rlim",
+        "rlog",
+        "rot",
+        "running",
         "scheduled",
         "states",
         "stats",
         "tasks",
         "uniq",
         "uniq_exp",
+        "wait",
     )
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -95,6 +124,25 @@ class QueueKeys:
         self.cron = b + "cron"
         self.crondef = b + "crondef"
         self.cronlog = b + "cronlog"
+        self.bell = b + "bell"
+        self.ready = b + "ready"
+        self.laneof = b + "laneof"
+        self.lanes = b + "lanes"
+        self.rot = b + "rot"
+        self.wait = b + "wait"
+        self.running = b + "running"
+        self.hold = b + "hold"
+        self.rlog = b + "rlog"
+        self.rlim = b + "rlim"
+        self.limits = b + "limits"
+
+    def flow(self) -> tuple[str, ...]:
+        """The keys of flow control that every script moving a pending task declares,
+        in the order ``lua/lib/flow.lua``'s ``flow_keys`` reads them."""
+        return (
+            self.pending, self.tasks, self.ready, self.laneof, self.lanes, self.rot,
+            self.wait, self.running, self.hold, self.rlog, self.rlim, self.limits, self.bell,
+        )  # fmt: skip
 
     def lease(self, worker_id: str) -> str:
         return f"{self.base}l:{worker_id}"
@@ -159,3 +207,9 @@ def done_notice(kind: Done, ids: Iterable[str]) -> str:
 def done_ids(message: bytes) -> list[bytes]:
     """The task ids a done notice names."""
     return message.partition(b"|")[2].split(b",")
+
+
+def lane_member_id(member: bytes) -> str:
+    """The task id in a member of a queue's ``ready`` set: ``<lane>\\1<16-digit seq><id>``
+    (lib/flow.lua)."""
+    return member[member.index(b"\1") + 17 :].decode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
@@ -73,6 +74,8 @@ class Scripts:
         self.janitor = Script("janitor")
         self.forward = Script("forward")
         self.cancel = Script("cancel")
+        self.declare = Script("declare")
+        self.recount = Script("recount")
         # The Inspector's.
         self.run_now = Script("run_now")
         self.archive = Script("archive")
@@ -107,14 +110,34 @@ class Refused(NamedTuple):
     detail: str
 
 
-def enqueue(k: QueueKeys, now_ms: int, unique: bool, tasks: Sequence[Any]) -> Call:
+def enqueue(
+    k: QueueKeys, now_ms: int, unique: bool, tasks: Sequence[Any], laned: bool = False
+) -> Call:
     """Write tasks of one queue. ``tasks`` holds each task's arguments one after the
     other: ``id, message, due ms (0 = now)``, and with ``unique`` two more each,
-    ``unique digest, unique ttl ms`` (``NO_LOCK`` for a task without a lock)."""
-    if unique:
-        keys: tuple[str, ...] = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp)
-        return (SCRIPTS.enqueue, keys, ["unique", now_ms, *tasks])
-    return (SCRIPTS.enqueue, (k.pending, k.scheduled, k.tasks, k.states), ["plain", now_ms, *tasks])
+    ``unique digest, unique ttl ms`` (``NO_LOCK`` for a task without a lock).
+    ``laned``: some task has a priority or a limit key (it waits in its lane)."""
+    keys: tuple[str, ...]
+    if laned:
+        keys = _enqueue_keys(k, cron=False) + k.flow()
+    elif unique:
+        keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp,
+                k.pending, k.pending, k.bell)  # fmt: skip
+    else:
+        keys = _plain_keys(k)
+    return (SCRIPTS.enqueue, keys, ["unique" if unique else "plain", now_ms, *tasks])
+
+
+@lru_cache(maxsize=4096)
+def _plain_keys(k: QueueKeys) -> tuple[str, ...]:
+    # Unused places hold a key of the queue (the script reads them by position).
+    p = k.pending
+    return (p, k.scheduled, k.tasks, k.states, p, p, p, p, k.bell)
+
+
+def _enqueue_keys(k: QueueKeys, cron: bool) -> tuple[str, ...]:
+    c, log = (k.cron, k.cronlog) if cron else (k.pending, k.pending)
+    return (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, c, log, k.bell)
 
 
 def enqueue_cron(
@@ -123,7 +146,7 @@ def enqueue_cron(
     """Enqueue.lua in its cron mode: write ``task`` (5 arguments, as with ``unique``)
     unless the ``tick_ms`` of cron ``entry`` was enqueued already (reply ``SKIPPED``),
     and log it in the queue's cronlog, which keeps ``history`` items."""
-    keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, k.cron, k.cronlog)
+    keys = _enqueue_keys(k, cron=True) + k.flow()
     return (SCRIPTS.enqueue, keys, ["cron", now_ms, entry, tick_ms, history, *task])
 
 
@@ -137,7 +160,7 @@ def parse_refused(reply: Any) -> Refused:
 
 
 class ClaimRefused(enum.IntEnum):
-    """Why claim.lua claimed nothing (any task a blocking move brought went back)."""
+    """Why claim.lua claimed nothing."""
 
     PAUSED = -1  # the queue is paused
     LOST = -2  # the worker holds no live lease on the queue: it must renew it first
@@ -146,24 +169,33 @@ class ClaimRefused(enum.IntEnum):
 # A claimed task: id, token, stored message, retries so far.
 ClaimedTask = tuple[bytes, bytes, bytes, int]
 
+
+class ClaimReply(NamedTuple):
+    """What claim.lua claimed, and what held the rest back."""
+
+    tasks: list[ClaimedTask]  # oldest first in each lane, lanes in turn
+    wait_ms: int | None  # a rate window has room again in this many ms (None: none waits)
+    held_back: int  # lanes (and the queue itself) held back by a limit in this call
+
+
 _CLAIM_REFUSALS = {int(r): r for r in ClaimRefused}
 
 
-def claim(
-    k: QueueKeys, lease: str, n: int, worker_id: str, seq: int, now_ms: int, moved: str = ""
-) -> Call:
+def claim(k: QueueKeys, lease: str, n: int, worker_id: str, seq: int, now_ms: int) -> Call:
     """Claim up to ``n`` pending tasks into the ``lease`` list of ``worker_id``, with
-    tokens numbered from ``seq``; ``moved``: an id a blocking move already put there."""
-    keys = (k.pending, lease, k.tasks, k.states, k.paused, k.leases, k.retried)
-    return (SCRIPTS.claim, keys, [n, worker_id, seq, now_ms, moved])
+    tokens numbered from ``seq``, within the queue's limits."""
+    keys = (lease, k.states, k.paused, k.leases, k.retried, *k.flow())
+    return (SCRIPTS.claim, keys, [n, worker_id, seq, now_ms])
 
 
-def parse_claim(reply: Any) -> ClaimRefused | list[ClaimedTask]:
-    """The claimed tasks, oldest first, or why there are none."""
+def parse_claim(reply: Any) -> ClaimRefused | ClaimReply:
+    """The claimed tasks, or why there are none."""
     if isinstance(reply, int):
         return _CLAIM_REFUSALS[reply]
     items = iter(reply)
-    return list(zip(items, items, items, items, strict=False))
+    wait_ms, held_back = next(items), next(items)
+    tasks = list(zip(items, items, items, items, strict=False))
+    return ClaimReply(tasks, wait_ms if wait_ms >= 0 else None, held_back)
 
 
 def ack(
@@ -175,7 +207,7 @@ def ack(
     was stale (nothing was written for those)."""
     keys = (
         lease, k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp, k.stats,
-        k.retried, k.errors, k.failed_at, k.progress, k.cancels,
+        k.retried, k.errors, k.failed_at, k.progress, k.cancels, *k.flow(),
     )  # fmt: skip
     return (SCRIPTS.ack, keys, [now_ms, day, len(plain) // 2, *plain, *full])
 
@@ -199,7 +231,7 @@ def fail(
     ``counted``: a failure in the stats. Replies 1, or 0 if the token was stale."""
     keys = (
         lease, k.tasks, k.states, k.retry, k.archived, k.uniq, k.uniq_exp, k.stats,
-        k.retried, k.errors, k.failed_at, k.progress, k.results, k.cancels,
+        k.retried, k.errors, k.failed_at, k.progress, k.results, k.cancels, *k.flow(),
     )  # fmt: skip
     args = [now_ms, day, task_id, token, action, due_ms, error, digest, 1 if counted else 0]
     return (SCRIPTS.fail, keys, args)
@@ -223,7 +255,7 @@ def requeue(
     args: list[Any] = [1 if leaving else 0, worker_id]
     for task_id, token in held:
         args += (task_id, token)
-    return (SCRIPTS.requeue, (lease, k.pending, k.states, k.leases), args)
+    return (SCRIPTS.requeue, (lease, k.states, k.leases, *k.flow()), args)
 
 
 class ReapReply(NamedTuple):
@@ -235,8 +267,8 @@ class ReapReply(NamedTuple):
 def reap(k: QueueKeys, worker_ids: Sequence[str], now_ms: int, day: str) -> Call:
     """Recover the tasks of those of ``worker_ids`` whose lease really expired."""
     keys = (
-        k.leases, k.pending, k.tasks, k.states, k.archived, k.retried, k.errors,
-        k.failed_at, k.stats, k.uniq, k.uniq_exp, k.cancels, k.progress,
+        k.leases, k.states, k.archived, k.retried, k.errors, k.failed_at, k.stats,
+        k.uniq, k.uniq_exp, k.cancels, k.progress, *k.flow(),
         *(k.lease(w) for w in worker_ids),
     )  # fmt: skip
     return (SCRIPTS.reap, keys, [now_ms, day, *worker_ids])
@@ -249,7 +281,7 @@ def parse_reap(reply: Any) -> ReapReply:
 def orphans(k: QueueKeys, lease: str, held: Sequence[str]) -> Call:
     """Return the ids of a live ``lease`` list the worker does not hold (all but
     ``held``) to the head of the queue. Replies how many went back."""
-    return (SCRIPTS.orphans, (lease, k.pending, k.states), held)
+    return (SCRIPTS.orphans, (lease, k.states, *k.flow()), held)
 
 
 class JanitorReply(NamedTuple):
@@ -268,6 +300,21 @@ def janitor(k: QueueKeys, now_ms: int, max_archived: int, archive_ttl_ms: int, l
     return (SCRIPTS.janitor, keys, [now_ms, max_archived, archive_ttl_ms, limit])
 
 
+class RecountReply(NamedTuple):
+    fixed: int  # limits whose count of taken slots was wrong (now right)
+    expired: int  # rate windows dropped (no start in them any more)
+
+
+def recount(k: QueueKeys, limit: int) -> Call:
+    """Count the slots taken per limit again from the active tasks' holds, and drop
+    rate windows grown old, at most ``limit`` of them."""
+    return (SCRIPTS.recount, k.flow(), [0, limit])
+
+
+def parse_recount(reply: Any) -> RecountReply:
+    return RecountReply(int(reply[0]), int(reply[1]))
+
+
 def parse_janitor(reply: Any) -> JanitorReply:
     return JanitorReply(int(reply[0]), int(reply[1]), bool(int(reply[2])))
 
@@ -279,12 +326,19 @@ class ForwardReply(NamedTuple):
 
 def forward(k: QueueKeys, now_ms: int, limit: int) -> Call:
     """Move due scheduled and retry tasks to pending, at most ``limit`` of each."""
-    return (SCRIPTS.forward, (k.scheduled, k.retry, k.pending, k.states), [now_ms, limit])
+    return (SCRIPTS.forward, (k.scheduled, k.retry, k.states, *k.flow()), [now_ms, limit])
 
 
 def parse_forward(reply: Any) -> ForwardReply:
     nxt = int(reply[1])
     return ForwardReply(int(reply[0]), nxt if nxt >= 0 else None)
+
+
+def declare(k: QueueKeys, limits: Sequence[tuple[str, str]]) -> Call:
+    """Replace the queue's declared limits with ``limits`` (field, encoded limit):
+    ``"q"`` for the queue's own, ``"t:<type>"`` for a task type's."""
+    args = [part for pair in limits for part in pair]
+    return (SCRIPTS.declare, k.flow(), args)
 
 
 # -- the client's and the inspector's --------------------------------------------------------
@@ -294,8 +348,8 @@ def cancel(k: QueueKeys, task_id: str, now_ms: int) -> Call:
     """Cancel a task: archive it if it waits, mark it if it runs. Reply: see
     ``parse_state``."""
     keys = (
-        k.states, k.pending, k.scheduled, k.retry, k.archived, k.errors, k.failed_at,
-        k.uniq, k.uniq_exp, k.tasks, k.cancels,
+        k.states, k.scheduled, k.retry, k.archived, k.errors, k.failed_at, k.uniq,
+        k.uniq_exp, k.cancels, *k.flow(),
     )  # fmt: skip
     return (SCRIPTS.cancel, keys, [now_ms, task_id])
 
@@ -317,7 +371,7 @@ class BulkReply(NamedTuple):
 def run_now(k: QueueKeys, mode: Mode, target: str, limit: int = 0) -> Call:
     """Move to pending one scheduled, retry or archived task (``target``: its id), or
     all of one state (``target``: the state, at most ``limit`` per call)."""
-    keys = (k.states, k.pending, k.scheduled, k.retry, k.archived)
+    keys = (k.states, k.scheduled, k.retry, k.archived, *k.flow())
     return (SCRIPTS.run_now, keys, [mode, target, limit])
 
 
@@ -325,7 +379,7 @@ def archive(k: QueueKeys, mode: Mode, target: str, now_ms: int, limit: int = 0) 
     """Archive one pending, scheduled or retry task, or all of one state (as
     ``run_now``)."""
     keys = (
-        k.states, k.pending, k.scheduled, k.retry, k.archived, k.tasks, k.uniq, k.uniq_exp,
+        k.states, k.scheduled, k.retry, k.archived, k.uniq, k.uniq_exp, *k.flow(),
     )  # fmt: skip
     return (SCRIPTS.archive, keys, [mode, target, now_ms, limit])
 
@@ -333,9 +387,8 @@ def archive(k: QueueKeys, mode: Mode, target: str, now_ms: int, limit: int = 0) 
 def delete(k: QueueKeys, mode: Mode, target: str, limit: int = 0) -> Call:
     """Delete one task that is not active, or all of one state (as ``run_now``)."""
     keys = (
-        k.states, k.pending, k.scheduled, k.retry, k.archived, k.completed, k.tasks,
-        k.retried, k.errors, k.failed_at, k.results, k.progress, k.uniq, k.uniq_exp,
-        k.cancels,
+        k.states, k.scheduled, k.retry, k.archived, k.completed, k.retried, k.errors,
+        k.failed_at, k.results, k.progress, k.uniq, k.uniq_exp, k.cancels, *k.flow(),
     )  # fmt: skip
     return (SCRIPTS.delete, keys, [mode, target, limit])
 
@@ -348,7 +401,8 @@ def parse_bulk(reply: Any) -> BulkReply:
 def drop_queue(k: QueueKeys, leases: Sequence[str], force: bool) -> Call:
     """Remove every key of the queue, ``leases`` (its workers' lease lists) included,
     unless it holds tasks and not ``force``. Reply: see ``parse_drop_queue``."""
-    others = [key for key in k.fixed() if key not in (k.states, k.pending)]
+    # The declared limits stay: they are the workers' declaration, not the queue's data.
+    others = [key for key in k.fixed() if key not in (k.states, k.pending, k.limits)]
     return (SCRIPTS.drop_queue, [k.states, k.pending, *others, *leases], [1 if force else 0])
 
 

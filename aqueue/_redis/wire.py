@@ -41,7 +41,10 @@ import redis.exceptions as rexc
 from .endpoint import Endpoint
 
 # Commands whose raw reply is what redis-py would return (no response callback).
-RAW_COMMANDS = frozenset({"EVALSHA", "PUBLISH", "SADD", "HSET", "ZADD", "LPUSH", "RPUSH", "BLMOVE"})
+# (BLPOP's raw reply is a list where redis-py gives a tuple: aqueue only tests for None.)
+RAW_COMMANDS = frozenset(
+    {"EVALSHA", "PUBLISH", "SADD", "HSET", "ZADD", "LPUSH", "RPUSH", "BLMOVE", "BLPOP"}
+)
 
 # Error replies that mean more than "this command failed", by their first word, as the
 # redis.exceptions classes redis-py raises for them (aqueue's callers test for those).

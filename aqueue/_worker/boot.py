@@ -1,19 +1,20 @@
 """A worker's first contact with its server, and the checks it makes at start.
 
 First contact pings the server, refuses one that is too old, registers the queue
-names, takes the lease and subscribes to cancel requests. A server that cannot be used
-yet (down, restarting, still loading its data) is waited for, with the backoff and log
-policy of an outage, when the caller wants to wait; what waiting cannot fix (refused
-credentials, a peer that is not Redis, a server without a command aqueue needs) is
-raised at once. Then risky server settings are logged (docs/guarantees.md, "Server
-configuration").
+names, declares the limits of the worker's Mux (the latest started worker's declaration
+binds every worker's claims), takes the lease and subscribes to cancel requests. A
+server that cannot be used yet (down, restarting, still loading its data) is waited
+for, with the backoff and log policy of an outage, when the caller wants to wait; what
+waiting cannot fix (refused credentials, a peer that is not Redis, a server without a
+command aqueue needs) is raised at once. Then risky server settings are logged
+(docs/guarantees.md, "Server configuration").
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import redis.exceptions as rexc
@@ -21,6 +22,7 @@ import redis.exceptions as rexc
 from .._reads import text
 from .._redis.broker import Broker, redacted
 from .._redis.keys import queues_key
+from .._redis.scripts import Call
 from ..errors import BrokerUnavailable, UnsupportedServer
 from .outage import Outage, waiting_helps
 
@@ -51,9 +53,13 @@ class Boot:
         renew: Callable[[], Awaitable[None]],
         listener: Subscriber,
         outage: Outage,
+        declarations: Mapping[str, Call] | None = None,
+        limited: Collection[str] = (),
     ) -> None:
         self._broker = broker
         self._queues = queues
+        self._declarations = dict(declarations or {})
+        self._limited = limited
         self._renew = renew
         self._listener = listener
         self._outage = outage
@@ -87,8 +93,20 @@ class Boot:
         # Through ``scripts``: the hot path's own connections are tried at start too.
         register = [("SADD", queues_key(broker.prefix), *self._queues)]
         await broker.run(lambda: broker.scripts([], register))
+        await self.declare()
         await self._renew()
         await self._listener.subscribe()
+
+    async def declare(self) -> None:
+        """Publish the limits of the worker's Mux (again after a server lost its data)."""
+        declared = self._declarations
+        if declared:
+            broker = self._broker
+            # Listed with the queues, so that the Inspector finds a queue's limits
+            # before any task of it was enqueued.
+            limited = self._limited
+            register = [("SADD", queues_key(broker.prefix), *limited)] if limited else []
+            await broker.run(lambda: broker.scripts(list(declared.values()), register))
 
     async def _check_version(self) -> None:
         """Refuse a server older than aqueue supports: waiting will not upgrade it."""

@@ -1,11 +1,15 @@
-"""Claiming: batches while a backlog exists, one blocking move per queue when idle.
+"""Claiming: batches while a backlog exists, one blocking wait per queue when idle.
 
-While a queue has a backlog, the dispatcher claims batches with a non-blocking script
-(up to the free slots, split across queues by weight). When every queue came back dry,
-it blocks on BLMOVE, one blocking connection per queue, each holding one reserved slot,
-so an idle worker wakes within milliseconds of an enqueue without polling. Either way a
-claimed id sits in this worker's lease list before anything else happens, so a crash
-at any point leaves it where a reaper finds it.
+While a queue has a backlog, the dispatcher claims batches with the claim script (up
+to the free slots, split across queues by weight; the script applies priorities and
+limits). When every queue came back dry, it blocks on the queue's bell (BLPOP), one
+blocking connection per queue, each holding one reserved slot: whatever makes a task
+startable (an enqueue, a slot freed, a lane let go by a new declaration) rings it, so
+an idle worker wakes within milliseconds without polling, and claims with the script.
+A task held back by a rate window is claimed when the window has room again: the
+claim script says when, and the dispatcher claims again then. A claimed id sits in
+this worker's lease list before anything else happens, so a crash at any point leaves
+it where a reaper finds it.
 
 A busy worker also claims through its ack writer, which asks ``after_acks`` for the
 claims to send with its acks and hands the replies back to ``claimed``.
@@ -27,7 +31,7 @@ from .._codec import decode_message
 from .._redis import scripts
 from .._redis.broker import Broker
 from .._redis.keys import QueueKeys
-from .._redis.scripts import Call, ClaimedTask, ClaimRefused
+from .._redis.scripts import Call, ClaimedTask, ClaimRefused, ClaimReply
 from ..errors import BrokerUnavailable
 from .audit import LeaseAudit
 from .held import Held
@@ -38,7 +42,7 @@ from .slots import Slots
 
 log = logging.getLogger("aqueue.worker")
 
-# How long one BLMOVE blocks before the worker re-checks pauses and shutdown.
+# How long one blocking wait lasts before the worker re-checks pauses and shutdown.
 BLOCK_SECONDS = 1.0
 
 
@@ -80,6 +84,10 @@ class Dispatcher:
         self._stopping = False
         self._seq = 0
         self._paused_until: dict[str, float] = {}
+        # When (monotonic) the earliest rate window a claim reported has room again.
+        self._due = float("inf")
+        # Queues whose last claim a limit held back: their acks may free a slot.
+        self._limited: set[str] = set()
         self._blocking: set[str] = set()
         self._blockers: anyio.abc.TaskGroup | None = None
         # Set, and replaced, whenever a blocking claim ends (or to stop).
@@ -148,54 +156,61 @@ class Dispatcher:
         weights = [self._weights[q] for q in candidates]
         return dict(Counter(random.choices(candidates, weights=weights, k=n)))
 
-    def _calls(self, plan: Mapping[str, int], moved: str = "") -> list[Call]:
+    def _calls(self, plan: Mapping[str, int]) -> list[Call]:
         now = int(time.time() * 1000)
         keys, leases, worker_id = self._keys, self._leases, self._id
         calls: list[Call] = []
         for q, n in plan.items():
-            calls.append(scripts.claim(keys[q], leases[q], n, worker_id, self._seq, now, moved))
+            calls.append(scripts.claim(keys[q], leases[q], n, worker_id, self._seq, now))
             self._seq += n + 1
         return calls
 
-    async def _claim(self, plan: Mapping[str, int], moved: str = "") -> dict[str, int]:
+    async def _claim(self, plan: Mapping[str, int], reserved: bool = False) -> dict[str, int]:
         """Run the claim script for each queue of ``plan`` in one round trip.
 
         The slots are taken before the call and the unused ones given back after, so a
         concurrent claim can never overshoot the concurrency limit (a blocking claim's
-        ``moved`` id came with its own slot).
+        slot was ``reserved`` before it blocked).
         """
-        calls = self._calls(plan, moved)
-        if not moved:
+        calls = self._calls(plan)
+        if not reserved:
             self._slots.take(sum(plan.values()))
         broker = self._broker
         try:
             replies = await broker.run(lambda: broker.scripts(calls))
         except BrokerUnavailable as exc:
-            self.lost(plan, moved)
+            self.lost(plan, reserved)
             await self._outage.failed(exc)
             return {}
         self._outage.ok()
-        return await self.claimed(plan, replies, moved)
+        return await self.claimed(plan, replies, reserved)
 
     # -- with the acks -------------------------------------------------------------------
 
     def after_acks(self, n: int) -> tuple[dict[str, int], list[Call]]:
-        """The claims to send with ``n`` acks, their slots taken: some only while every
-        slot is taken (the ack writer's round trip then saves the dispatcher one), and
-        none while stopping or while a queue waits for its audit."""
-        if not self._slots.awaited or self._stopping or not self._audit.clear:
+        """The claims to send with ``n`` acks, their slots taken: some while every slot
+        is taken (the ack writer's round trip then saves the dispatcher one) or while a
+        limit holds tasks back (the acks may free its slots: the claims run right after
+        them), and none while stopping or while a queue waits for its audit."""
+        if self._stopping or not self._audit.clear:
             return {}, []
-        plan = self._plan(min(n, self._batch_size))
+        if self._slots.awaited:
+            plan = self._plan(min(n, self._batch_size))
+        elif self._limited and self._slots.free > 0:
+            available = [q for q in self._available() if q in self._limited]
+            plan = {q: min(n, self._slots.free, self._batch_size) for q in available[:1]}
+        else:
+            return {}, []
         self._slots.take(sum(plan.values()))
         return plan, self._calls(plan)
 
-    def lost(self, plan: Mapping[str, int], moved: str = "") -> None:
+    def lost(self, plan: Mapping[str, int], reserved: bool = False) -> None:
         """The claim may have run with its reply lost: audit these lease lists."""
         self._audit.mark(plan)
-        self._slots.give(sum(plan.values()) if not moved else 0)
+        self._slots.give(sum(plan.values()) if not reserved else 0)
 
     async def claimed(
-        self, plan: Mapping[str, int], replies: Sequence[Any], moved: str = ""
+        self, plan: Mapping[str, int], replies: Sequence[Any], reserved: bool = False
     ) -> dict[str, int]:
         """Start what the claim scripts of ``plan`` returned; give back unused slots."""
         got: dict[str, int] = {}
@@ -204,16 +219,22 @@ class Dispatcher:
         for (q, n), reply in zip(plan.items(), replies, strict=True):
             claimed = scripts.parse_claim(reply)
             count = 0
-            if isinstance(claimed, list):
-                for item in claimed:
+            if isinstance(claimed, ClaimReply):
+                for item in claimed.tasks:
                     self._start(q, item, debug)
-                count = len(claimed)
+                count = len(claimed.tasks)
+                if claimed.held_back:
+                    self._limited.add(q)
+                else:
+                    self._limited.discard(q)
+                if claimed.wait_ms is not None:
+                    self._due = min(self._due, time.monotonic() + claimed.wait_ms / 1000)
             elif claimed is ClaimRefused.PAUSED:
                 self._paused_until[q] = time.monotonic() + BLOCK_SECONDS
             else:
                 lost = True
             got[q] = count
-            if not moved:
+            if not reserved:
                 self._slots.give(max(0, n - count))
         if lost:
             # Our lease had expired (or the server lost its data): renew before claiming
@@ -223,10 +244,11 @@ class Dispatcher:
 
     def _start(self, queue: str, item: ClaimedTask, debug: bool) -> None:
         raw_id, raw_token, message, retried = item
-        max_retry, digest, body = decode_message(message)
+        header, body = decode_message(message)
         c = Claimed(
-            queue, raw_id.decode(), raw_token.decode(), max_retry, digest, body, int(retried)
-        )
+            queue, raw_id.decode(), raw_token.decode(), header.max_retry, header.digest, body,
+            int(retried), header.priority, header.limit_key,
+        )  # fmt: skip
         self._held.add(c)
         if debug:
             log.debug(
@@ -237,7 +259,8 @@ class Dispatcher:
     # -- blocking claims -----------------------------------------------------------------
 
     async def _block(self) -> None:
-        """Block on every available queue at once, one reserved slot each."""
+        """Block on every available queue at once, one reserved slot each, until a
+        blocking wait ends or a rate window a claim reported has room again."""
         assert self._blockers is not None
         queues = [q for q in self._available() if q not in self._blocking]
         for q in queues[: self._slots.free]:
@@ -245,43 +268,48 @@ class Dispatcher:
             self._blocking.add(q)
             self._blockers.start_soon(self._block_on, q)
         event = self._event
+        now = time.monotonic()
+        wait = self._due - now
         if not self._blocking:
             # Everything is paused: look again when the first pause check is due.
-            wait = min(self._paused_until.values(), default=time.monotonic()) - time.monotonic()
-            with anyio.move_on_after(max(wait, 0.05)):
+            paused = min(self._paused_until.values(), default=now) - now
+            wait = min(wait, max(paused, 0.05))
+        if wait < float("inf"):
+            with anyio.move_on_after(max(wait, 0.0)):
                 await event.wait()
+            if time.monotonic() >= self._due:
+                self._due = float("inf")  # the next burst claims it, and learns the next
             return
         await event.wait()
 
     async def _block_on(self, q: str) -> None:
+        """Wait for the queue's bell with a reserved slot; when it rings, claim as much
+        as the free slots allow (a freed limit slot or a batch enqueue may let more than
+        one task start)."""
         got = 0
         try:
-            moved = await self._move(q)
-            if moved is not None:
-                got = (await self._claim({q: 0}, moved=moved.decode())).get(q, 0)
+            if await self._ring(q):
+                free = self._slots.free + 1  # with the reserved slot
+                n = max(1, min(free, self._batch_size))
+                self._slots.take(n - 1)
+                got = (await self._claim({q: n}, reserved=True)).get(q, 0)
+                self._slots.give(max(0, n - 1 - max(0, got - 1)))
         finally:
             if not got:
                 self._slots.give(1)  # the slot reserved for this blocker
             self._blocking.discard(q)
             self._wake()
 
-    async def _move(self, q: str) -> bytes | None:
-        """BLMOVE one id from the queue into our lease list: the id, or None.
-
-        Not pipelined with the claim script, though that would save a round trip: the
-        script would mark the task active while a frozen worker has not read the move's
-        reply, and a reaper would then count an attempt for a task that never started.
-        Moved but unclaimed, it goes back uncounted.
-        """
-        move = ("BLMOVE", self._keys[q].pending, self._leases[q], "RIGHT", "LEFT", BLOCK_SECONDS)
+    async def _ring(self, q: str) -> bool:
+        """Wait for the queue's bell: whether it rang (a task may be startable)."""
+        pop = ("BLPOP", self._keys[q].bell, BLOCK_SECONDS)
         broker = self._broker
         try:
-            (moved,) = await broker.run(
-                lambda: broker.scripts([], [move]), timeout=broker.timeout + BLOCK_SECONDS
+            (token,) = await broker.run(
+                lambda: broker.scripts([], [pop]), timeout=broker.timeout + BLOCK_SECONDS
             )
         except BrokerUnavailable as exc:
-            self._audit.mark([q])  # the move may have happened, its reply lost
             await self._outage.failed(exc)
-            return None
+            return False
         self._outage.ok()
-        return moved  # type: ignore[no-any-return]
+        return token is not None

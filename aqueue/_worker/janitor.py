@@ -1,16 +1,21 @@
 """Housekeeping of kept data: completed tasks past their retention, the archive's age
-and size, expired unique locks (``janitor.lua``, bounded per call). The reaper runs it
-after each of its passes; the script is idempotent, so every worker may."""
+and size, expired unique locks (``janitor.lua``, bounded per call); and flow control's
+(``recount.lua``): slots counted again from the active tasks, old rate windows dropped.
+The reaper runs it after each of its passes; the scripts are idempotent, so every
+worker may."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Mapping
 
 from .._redis import scripts
 from .._redis.broker import Broker
 from .._redis.keys import QueueKeys
+
+log = logging.getLogger("aqueue.worker")
 
 # Deletions of each kind per queue and janitor call.
 JANITOR_BATCH = 500
@@ -38,6 +43,16 @@ class Janitor:
         broker = self._broker
         total = 0
         queues = list(self._keys.values())
+        calls = [scripts.recount(k, JANITOR_BATCH) for k in queues]
+        recounts = await broker.run(functools.partial(broker.scripts, calls))
+        for name, raw in zip(self._keys, recounts, strict=True):
+            fixed = scripts.parse_recount(raw).fixed
+            if fixed:
+                log.warning(
+                    "queue %s: the slots taken of %d limit(s) were miscounted (the server "
+                    "lost recent writes?); counted again from the running tasks",
+                    name, fixed,
+                )  # fmt: skip
         while queues:
             now = int(time.time() * 1000)
             calls = [

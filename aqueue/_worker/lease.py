@@ -18,7 +18,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -69,6 +69,8 @@ class LeaseKeeper:
         # last renewal sent that succeeded.
         self.valid_until = math.inf
         self._card_bytes: bytes | None = None
+        # Publishes the Mux's limits again (set by the worker once first contact exists).
+        self.redeclare: Callable[[], Awaitable[None]] | None = None
 
     def _card(self) -> bytes:
         """This worker as ``Inspector.workers()`` shows it."""
@@ -108,8 +110,10 @@ class LeaseKeeper:
             if asked and asked[0]:
                 self._held.cancel(q, i)
         self.valid_until = sent + self._ttl
+        lost = False
         for q, live in zip(self._keys, replies[: len(calls)], strict=True):
             if not live:
+                lost = True
                 n = self._held.cancel_queue(q, Reason.LOST)
                 if n:
                     log.warning(
@@ -119,6 +123,10 @@ class LeaseKeeper:
                         q,
                         n,
                     )
+
+        if lost and self.redeclare is not None:
+            # A lease gone may be a server that lost its data: its limits went too.
+            await self.redeclare()
 
     async def run(self) -> None:
         """The heartbeat: renew every ``lease_ttl / 3``."""

@@ -87,7 +87,9 @@ class Claimed:
         "ctx",
         "digest",
         "id",
+        "limit_key",
         "max_retry",
+        "priority",
         "queue",
         "reason",
         "retried",
@@ -96,9 +98,20 @@ class Claimed:
     )
 
     def __init__(
-        self, queue: str, id: str, token: str, max_retry: int, digest: str, body: Body, retried: int
+        self,
+        queue: str,
+        id: str,
+        token: str,
+        max_retry: int,
+        digest: str,
+        body: Body,
+        retried: int,
+        priority: int = 0,
+        limit_key: str = "",
     ) -> None:
         self.queue = queue
+        self.priority = priority
+        self.limit_key = limit_key
         self.id = id
         self.token = token
         self.max_retry = max_retry
@@ -319,6 +332,8 @@ def _context(task: Claimed, progress: ProgressSink | None, now: float, limit: fl
         enqueued_at_ms=body.enqueued_at,
         headers=body.headers or _NO_HEADERS,
         progress=progress,
+        priority=task.priority,
+        limit_key=task.limit_key or None,
     )
 
 

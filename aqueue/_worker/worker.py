@@ -19,7 +19,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .._limits import LimitSpec
 from .._mux import Mux
+from .._redis import scripts
 from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, ServerLike
 from .._redis.keys import QueueKeys, queue_keys
 from .._task import check_queue_name, seconds
@@ -305,6 +307,10 @@ class Worker:
                 )
 
 
+def _encoded(declared: Mapping[str, LimitSpec]) -> list[tuple[str, str]]:
+    return [(field, spec.encode()) for field, spec in declared.items()]
+
+
 class _Parts:
     """The parts of one run of a worker, wired together: each is handed the few
     collaborators it needs, never the worker. Built afresh for every run."""
@@ -327,7 +333,16 @@ class _Parts:
         self.listener = listener = CancelListener(
             broker, w.queues, cancel=held.cancel, wake_forwarder=forwarder.wake, outage=outage
         )
-        self.boot = Boot(broker, w.queues, renew=lease.renew, listener=listener, outage=outage)
+        limits = w.mux.limits()
+        declarations = {
+            q: scripts.declare(queue_keys(broker.prefix, q), _encoded(d))
+            for q, d in limits.items()
+        }  # fmt: skip
+        self.boot = boot = Boot(
+            broker, w.queues, renew=lease.renew, listener=listener, outage=outage,
+            declarations=declarations, limited=[q for q, d in limits.items() if d],
+        )  # fmt: skip
+        lease.redeclare = boot.declare
         self.dispatcher = dispatcher = Dispatcher(
             broker, keys, leases, w.id, w.queues, strict_priority=w.strict_priority,
             batch_size=w.batch_size, slots=slots, held=held, handoff=handoff, audit=audit,

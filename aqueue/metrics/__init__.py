@@ -8,8 +8,10 @@ Two sources, because they answer different questions:
   ``mux.use(TaskMetrics())``.
 * ``QueueCollector`` reports what the *server* holds, per queue: tasks per state,
   whether the queue is paused, its latency, and the server's own processed/failed
-  totals, read with ``Inspector.queue_info``. Every process would report the same
-  numbers, so run it in one place: ``aqueue metrics --port 9808``, or one application.
+  totals, read with ``Inspector.queue_info``; and per declared limit, its slots taken,
+  its concurrency and rate limits and the claims it held back (``Inspector.limits``).
+  Every process would report the same numbers, so run it in one place:
+  ``aqueue metrics --port 9808``, or one application.
 
 Prometheus collects synchronously, from the exporter's thread, while the server is
 read with async calls. The collector therefore never reads the server during a scrape:

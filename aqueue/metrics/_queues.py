@@ -1,5 +1,6 @@
-"""``QueueCollector``: what the server holds per queue, as Prometheus gauges, read in
-the background so that a scrape never waits for the server."""
+"""``QueueCollector``: what the server holds per queue, and how busy each declared
+limit is, as Prometheus gauges, read in the background so that a scrape never waits for
+the server."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from .._inspector import Inspector
+from .._limits import LimitInfo
 from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike
 from .._task import QueueInfo, State, check_queue_name, seconds
 from ..errors import AqueueError, BrokerUnavailable, InvalidOption, QueueNotFound
@@ -22,17 +24,23 @@ log = logging.getLogger("aqueue.metrics")
 
 
 class _Snapshot:
-    __slots__ = ("at", "infos", "up")
+    __slots__ = ("at", "infos", "limits", "up")
 
-    def __init__(self, at: float, up: bool, infos: tuple[QueueInfo, ...]) -> None:
-        self.at, self.up, self.infos = at, up, infos
+    def __init__(
+        self,
+        at: float,
+        up: bool,
+        infos: tuple[QueueInfo, ...],
+        limits: tuple[LimitInfo, ...] = (),
+    ) -> None:
+        self.at, self.up, self.infos, self.limits = at, up, infos, limits
 
 
 _STATES = tuple(s.value for s in State)
 
 
 class QueueCollector:
-    """Per queue gauges from the server, refreshed in the background.
+    """Per queue and per limit gauges from the server, refreshed in the background.
 
     ==================================  =======  =============================================
     ``aqueue_queue_tasks``              gauge    tasks per ``queue`` and ``state``
@@ -41,9 +49,20 @@ class QueueCollector:
     ``aqueue_queue_memory_bytes``       gauge    the server's memory estimate for the queue
     ``aqueue_queue_processed_total``    counter  attempts finished, by every worker (server)
     ``aqueue_queue_failed_total``       counter  attempts failed, by every worker (server)
+    ``aqueue_limit_running``            gauge    concurrency slots taken now, per ``queue``
+                                                 and ``task_type`` ("" for a queue's limit)
+    ``aqueue_limit_concurrency``        gauge    the concurrency limit (per limit key)
+    ``aqueue_limit_rate``               gauge    task starts the rate limit allows a second
+    ``aqueue_limit_held_back_total``    counter  claims the limit held back (every worker)
     ``aqueue_collector_up``             gauge    1 if the last refresh read the server
     ``aqueue_collector_last_refresh_timestamp_seconds``  gauge  when it last did
     ==================================  =======  =============================================
+
+    The limit series (``Inspector.limits``) exist for the declared limits only:
+    ``aqueue_limit_running`` and ``aqueue_limit_concurrency`` for those with a
+    concurrency limit (a rate limit takes no slots), ``aqueue_limit_rate`` for those with
+    a rate limit. They are read in the same refresh as the queues; when that read
+    fails, they disappear from the report while the queue series stay.
 
     ``async with collector:`` takes a first snapshot, then refreshes one every
     ``interval`` seconds until the block exits; or run ``collector.run()`` in a task
@@ -73,6 +92,7 @@ class QueueCollector:
         self.inspector = Inspector(url_or_redis, timeout=timeout, prefix=prefix)
         self._snapshot: _Snapshot | None = None
         self._failing = False
+        self._limits_failing = False
         self._tg: anyio.abc.TaskGroup | None = None
         if registry is not None:
             registry.register(self)
@@ -95,8 +115,9 @@ class QueueCollector:
         if self._failing:
             log.warning("reading the queues for metrics again")
         self._failing = False
+        limits = await self._limits()
         # One reference assignment: a scrape on another thread sees the old or the new.
-        self._snapshot = _Snapshot(time.time(), True, infos)
+        self._snapshot = _Snapshot(time.time(), True, infos, limits)
 
     def _last_success(self) -> float:
         return self._snapshot.at if self._snapshot is not None else 0.0
@@ -114,6 +135,24 @@ class QueueCollector:
                 if explicit:
                     infos.append(QueueInfo(queue=q))
         return tuple(infos)
+
+    async def _limits(self) -> tuple[LimitInfo, ...]:
+        """The declared limits of the queues reported; none when they cannot be read
+        (the queue metrics do not depend on them)."""
+        try:
+            limits = await self.inspector.limits()
+        except Exception as exc:
+            if not self._limits_failing:
+                trace = not isinstance(exc, BrokerUnavailable)
+                log.warning("cannot read the limits for metrics: %s", exc, exc_info=trace)
+            self._limits_failing = True
+            return ()
+        if self._limits_failing:
+            log.warning("reading the limits for metrics again")
+        self._limits_failing = False
+        if self.queues is not None:
+            limits = [x for x in limits if x.queue in self.queues]
+        return tuple(limits)
 
     async def run(self) -> None:
         """Refresh every ``interval`` seconds until cancelled."""
@@ -171,6 +210,14 @@ class QueueCollector:
                 f.memory.add_metric([q], float(info.memory_bytes))
                 f.processed.add_metric([q], float(info.processed_total))
                 f.failed.add_metric([q], float(info.failed_total))
+            for x in snap.limits:
+                labels = [x.queue, x.task_type or ""]
+                if x.concurrency_limit is not None:
+                    f.limit_running.add_metric(labels, float(x.running))
+                    f.limit_concurrency.add_metric(labels, float(x.concurrency_limit))
+                if x.rate_limit is not None:
+                    f.limit_rate.add_metric(labels, x.rate_limit.limit / x.rate_limit.per)
+                f.held_back.add_metric(labels, float(x.held_back))
         yield from f.all()
 
 
@@ -203,6 +250,28 @@ class _Families:
             "Task attempts failed in the queue, by every worker (the server's count).",
             labels=q,
         )
+        limit = ["queue", "task_type"]
+        self.limit_running = GaugeMetricFamily(
+            "aqueue_limit_running",
+            "Concurrency slots of the limit taken now, summed over limit keys "
+            '(task_type "" for a queue\'s own limit).',
+            labels=limit,
+        )
+        self.limit_concurrency = GaugeMetricFamily(
+            "aqueue_limit_concurrency",
+            "The concurrency limit: attempts at once, per limit key for a task type.",
+            labels=limit,
+        )
+        self.limit_rate = GaugeMetricFamily(
+            "aqueue_limit_rate",
+            "Task starts a second the rate limit allows (limit / per).",
+            labels=limit,
+        )
+        self.held_back = CounterMetricFamily(
+            "aqueue_limit_held_back",
+            "Claims the limit held back since it was declared, by every worker.",
+            labels=limit,
+        )
         self.up = GaugeMetricFamily(
             "aqueue_collector_up", "1 if the last refresh of the queue metrics read the server."
         )
@@ -214,5 +283,6 @@ class _Families:
     def all(self) -> tuple[Metric, ...]:
         return (
             self.tasks, self.paused, self.latency, self.memory, self.processed, self.failed,
+            self.limit_running, self.limit_concurrency, self.limit_rate, self.held_back,
             self.up, self.refreshed,
         )  # fmt: skip

@@ -187,6 +187,10 @@ class Dashboard:
         entries = await self.inspectors.get().cron_entries()
         return self.render(request, "cron.html", entries=entries, nav="cron")
 
+    async def limits(self, request: Request) -> Response:
+        limits = await self.inspectors.get().limits()
+        return self.render(request, "limits.html", limits=limits, nav="limits")
+
     # -- actions -------------------------------------------------------------------------
 
     async def queue_action(self, request: Request) -> Response:
@@ -366,6 +370,7 @@ def dashboard(
         Route("/", dash.overview, name="overview"),
         Route("/workers", dash.workers),
         Route("/cron", dash.cron),
+        Route("/limits", dash.limits),
         Route(queue, dash.queue),
         Route(queue + "/tasks/{task_id}", dash.task),
         Route(queue + "/tasks/{task_id}/{action}", dash.task_action, methods=["POST"]),

@@ -1,5 +1,5 @@
 """What the dashboard's templates show beyond durations, times and sizes (those come
-from ``aqueue._format``, shared with the CLI): values as JSON text, and the bars of the
+from ``aqueue._format``, shared with the CLI): values as JSON text, the bars of the
 per-day chart. Pure functions, no I/O."""
 
 from __future__ import annotations

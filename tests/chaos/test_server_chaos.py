@@ -245,10 +245,10 @@ async def assert_released(r: aioredis.Redis) -> None:
     assert not any(s.lease_lists.values()), s.summary()
 
 
-async def blocked_on_blmove(r: aioredis.Redis) -> bool:
-    """True while some client (the idle worker) is blocked in BLMOVE."""
+async def blocked_on_bell(r: aioredis.Redis) -> bool:
+    """True while some client (the idle worker) is blocked on a queue's bell (BLPOP)."""
     clients = await r.client_list()
-    return any("b" in c["flags"] and c["cmd"] == "blmove" for c in clients)
+    return any("b" in c["flags"] and c["cmd"] == "blpop" for c in clients)
 
 
 async def ran_at_least(r: aioredis.Redis, n: int) -> bool:
@@ -328,8 +328,8 @@ async def test_cut_connections_lose_no_task_and_leave_none_active(tmp_path: Path
             proxy = Proxy(server.port)
             await tg.start(proxy.serve)
             async with worker_process(proxy.url, tmp_path) as w, direct(server.url) as r:
-                # 1. Cut while the worker is idle, blocked on BLMOVE.
-                await poll(lambda: blocked_on_blmove(r))
+                # 1. Cut while the worker is idle, blocked on its bell.
+                await poll(lambda: blocked_on_bell(r))
                 proxy.cut()
                 await w.wait_log(LOST)
                 await anyio.sleep(SHORT_CUT)  # the outage itself, not a wait for an outcome
@@ -442,7 +442,7 @@ async def test_long_outage_is_logged_once_and_the_worker_resumes_within_the_back
     try:
         with anyio.fail_after(60):
             async with worker_process(first.url, tmp_path) as w, direct(first.url) as r:
-                await poll(lambda: blocked_on_blmove(r))
+                await poll(lambda: blocked_on_bell(r))
                 killed = time.monotonic()
                 first.kill()
                 noticed = await w.wait_log(LOST)

@@ -13,6 +13,7 @@
 -- KEYS[11] failed_at HASH  id -> last failure time (ms)
 -- KEYS[12] progress  HASH  id -> encoded progress
 -- KEYS[13] cancels   SET   ids whose cancellation was asked (done now: forgotten)
+-- KEYS[14..26] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] how many plain acks follow (no retention, no result, no unique lock)
@@ -23,7 +24,7 @@
 --
 -- Returns the ids whose token no longer matched (a stale worker's late ack): those
 -- tasks were recovered by a reaper or cancelled, and this ack must change nothing.
--- include: chunked
+-- include: flow
 -- include: forget
 -- include: unique
 -- include: stats
@@ -31,6 +32,7 @@ local lease, tasks, states, completed, results = KEYS[1], KEYS[2], KEYS[3], KEYS
 local uniq, uniq_exp, stats, retried, errors = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local failed_at, progress, cancels = KEYS[11], KEYS[12], KEYS[13]
 local now, day, plain = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local F = flow_keys(14)
 local FIRST = 4 -- the first ARGV of the acks
 
 local ids, tokens, extra = {}, {}, {}
@@ -47,13 +49,14 @@ end
 if #ids == 0 then return {} end
 
 local current = call_chunked('HMGET', states, ids)
-local done, stale, gone, kept = 0, {}, {}, {}
+local done, stale, gone, kept, ended = 0, {}, {}, {}, {}
 for n, id in ipairs(ids) do
   if current[n] ~= '@' .. tokens[n] then
     stale[#stale + 1] = id
   else
     redis.call('LREM', lease, 1, id)
     done = done + 1
+    ended[done] = id
     local i = extra[n]
     local retention = i and tonumber(ARGV[i + 2]) or 0
     if retention > 0 then
@@ -67,6 +70,7 @@ for n, id in ipairs(ids) do
     release_unique(uniq, uniq_exp, i and ARGV[i + 4] or '', id)
   end
 end
+release(F, ended)
 if #gone > 0 then
   forget_tasks(gone, tasks, states, retried, errors, failed_at, results, progress, cancels)
 end

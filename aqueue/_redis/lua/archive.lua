@@ -2,13 +2,12 @@
 -- running them and without recording an error (Inspector.archive_task and archive_all).
 --
 -- KEYS[1] states     HASH  id -> state
--- KEYS[2] pending    LIST
--- KEYS[3] scheduled  ZSET
--- KEYS[4] retry      ZSET
--- KEYS[5] archived   ZSET  id -> archive time (ms)
--- KEYS[6] tasks      HASH  id -> "<max_retry>|<unique digest>|<body>"
--- KEYS[7] uniq       HASH  unique digest -> id holding the lock
--- KEYS[8] uniq_exp   ZSET  unique digest -> lock expiry (ms)
+-- KEYS[2] scheduled  ZSET
+-- KEYS[3] retry      ZSET
+-- KEYS[4] archived   ZSET  id -> archive time (ms)
+-- KEYS[5] uniq       HASH  unique digest -> id holding the lock
+-- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)
+-- KEYS[7..19] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("pending", "scheduled",
 --         "retry")
@@ -23,8 +22,10 @@
 --      otherwise is a stale entry: it is dropped, not moved.
 -- include: take
 -- include: archive_task
-local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local archived, tasks, uniq, uniq_exp = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local states, scheduled, retry, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local uniq, uniq_exp = KEYS[5], KEYS[6]
+local F = flow_keys(7)
+local tasks = F.tasks
 local mode, target, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local sets = {scheduled = scheduled, retry = retry}
 
@@ -33,4 +34,4 @@ local function archive(id)
   archive_task(states, archived, uniq, uniq_exp, id, now, digest)
 end
 
-return take(states, pending, sets, mode, target, limit, archive)
+return take(states, F, sets, mode, target, limit, archive)

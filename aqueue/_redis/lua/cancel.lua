@@ -4,25 +4,27 @@
 -- task already completed or archived is left as it is.
 --
 -- KEYS[1] states     HASH
--- KEYS[2] pending    LIST
--- KEYS[3] scheduled  ZSET
--- KEYS[4] retry      ZSET
--- KEYS[5] archived   ZSET
--- KEYS[6] errors     HASH
--- KEYS[7] failed_at  HASH
--- KEYS[8] uniq       HASH
--- KEYS[9] uniq_exp   ZSET
--- KEYS[10] tasks     HASH  id -> "<max_retry>|<unique digest>|<body>"
--- KEYS[11] cancels   SET   ids of active tasks whose cancellation was asked
+-- KEYS[2] scheduled  ZSET
+-- KEYS[3] retry      ZSET
+-- KEYS[4] archived   ZSET
+-- KEYS[5] errors     HASH
+-- KEYS[6] failed_at  HASH
+-- KEYS[7] uniq       HASH
+-- KEYS[8] uniq_exp   ZSET
+-- KEYS[9] cancels    SET   ids of active tasks whose cancellation was asked
+-- KEYS[10..22] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] now (ms)
 -- ARGV[2] id
 --
 -- Returns the task's state before the call ("pending", "active", "completed", ...), or
 -- false when there is no such task.
+-- include: flow
 -- include: archive_task
-local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local archived, errors, failed_at, uniq = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local uniq_exp, tasks, cancels = KEYS[9], KEYS[10], KEYS[11]
+local states, scheduled, retry, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local errors, failed_at, uniq, uniq_exp = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local cancels = KEYS[9]
+local F = flow_keys(10)
+local tasks = F.tasks
 local now, id = tonumber(ARGV[1]), ARGV[2]
 local state = redis.call('HGET', states, id)
 if not state then return false end
@@ -32,7 +34,7 @@ if string.sub(state, 1, 1) == '@' then
 end
 if state == 'completed' or state == 'archived' then return state end
 if state == 'pending' then
-  redis.call('LREM', pending, 0, id)
+  unready(F, id)
 elseif state == 'scheduled' then
   redis.call('ZREM', scheduled, id)
 else

@@ -1,75 +1,214 @@
 -- claim: move up to N pending tasks of one queue into a worker's lease list and mark
--- each active under a fresh fencing token.
+-- each active under a fresh fencing token, within the queue's limits.
 --
--- KEYS[1] pending    LIST
--- KEYS[2] lease      LIST  this worker's lease list for this queue
--- KEYS[3] tasks      HASH  id -> message
--- KEYS[4] states     HASH  id -> state
--- KEYS[5] paused     STRING exists while the queue is paused
--- KEYS[6] leases     ZSET  worker id -> lease expiry (ms)
--- KEYS[7] retried    HASH  id -> retry count
+-- KEYS[1] lease      LIST  this worker's lease list for this queue
+-- KEYS[2] states     HASH  id -> state
+-- KEYS[3] paused     STRING exists while the queue is paused
+-- KEYS[4] leases     ZSET  worker id -> lease expiry (ms)
+-- KEYS[5] retried    HASH  id -> retry count
+-- KEYS[6..18] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] N (max tasks to claim)
 -- ARGV[2] worker id
 -- ARGV[3] first sequence number for tokens (token = worker id .. "." .. seq)
--- ARGV[4] now (ms)
--- ARGV[5] id already moved by BLMOVE into the lease list ("" = none)
+-- ARGV[4] now (ms, the worker's clock: leases are the workers' business)
+--
+-- The lanes with tasks to start are served in turn, highest priority first, each
+-- taking its share of N (flow.lua). A lane whose limit is reached leaves the rotation
+-- until a slot frees or its rate window moves on: its tasks stay pending, untouched,
+-- and never hold back another lane. A task of the plain list whose type has limits
+-- declared since it was enqueued moves to its lane here, still pending.
 --
 -- Returns -1 when the queue is paused, -2 when this worker holds no live lease (it must
--- re-register before claiming, so that a crash now would be noticed by a reaper),
--- else a flat array: id, token, message, retried, ... for each claimed task.
--- include: chunked
-local pending, lease, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local paused, leases, retried = KEYS[5], KEYS[6], KEYS[7]
+-- re-register before claiming, so that a crash now would be noticed by a reaper), else
+-- {wait ms (-1: no rate window to wait for), lanes held back, then id, token, message,
+-- retried for each claimed task}.
+-- include: flow
+local lease, states, paused, leases, retried = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local F = flow_keys(6)
 local n, wid, seq, now = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local moved = ARGV[5]
--- The reply of a blocking move can reach the worker late (it froze, or its loop was
--- blocked): by then a reaper may have returned the id to the queue and another worker
--- may have run it. Only an id still in this lease list is still this worker's.
-if moved ~= '' and not redis.call('LPOS', lease, moved) then moved = '' end
 local lease_exp = tonumber(redis.call('ZSCORE', leases, wid) or '0')
-if lease_exp <= now or redis.call('EXISTS', paused) == 1 then
-  if moved ~= '' then
-    -- A blocking move raced with a pause or a lost lease: give the task back to the
-    -- head of its queue, untouched, so nothing is held without a live lease.
-    redis.call('LREM', lease, 1, moved)
-    redis.call('RPUSH', pending, moved)
-  end
-  if lease_exp <= now then return -2 end
-  return -1
+if lease_exp <= now then return -2 end
+if redis.call('EXISTS', paused) == 1 then return -1 end
+
+local clock = server_ms()
+local held_back, wait_at = 0, 0
+local function waits_until(at)
+  if at > 0 and (wait_at == 0 or at < wait_at) then wait_at = at end
 end
-local ids = {}
-if moved ~= '' then ids[1] = moved end
-if n > 0 then
-  -- The n oldest pending ids sit at the right end of the list (enqueue pushes left).
-  local got = redis.call('LRANGE', pending, -n, -1)
-  if #got > 0 then
-    redis.call('LTRIM', pending, 0, -#got - 1)
-    call_chunked('LPUSH', lease, got)
-    for i = #got, 1, -1 do ids[#ids + 1] = got[i] end -- oldest first
+
+-- The queue's own limit bounds the whole claim.
+local want = n
+local qspec = spec_of(F, 'q')
+if qspec and want > 0 then
+  local free, at = room(F, 'q', qspec, clock)
+  if free < want then want = free end
+  if free <= 0 then
+    held_back = 1
+    waits_until(at)
+    -- Counted on the server for the metrics (Inspector.limits): over all workers.
+    redis.call('HINCRBY', F.lanes, '#hb:q', 1)
   end
 end
-if #ids == 0 then return {} end
-local msgs = call_chunked('HMGET', tasks, ids)
-local current = call_chunked('HMGET', states, ids)
-local retries = call_chunked('HMGET', retried, ids)
-local out, active, seen = {}, {}, {}
-for i, id in ipairs(ids) do
-  if not msgs[i] or current[i] ~= 'pending' or seen[id] then
-    -- Deleted, archived or cancelled while it waited (a cancel can race a blocking
-    -- move), or a stale duplicate of a task that runs elsewhere or earlier in this
-    -- batch: drop this copy of the id, run nothing.
-    redis.call('LREM', lease, 1, id)
+local typed = redis.call('HLEN', F.limits) > (qspec and 1 or 0)
+
+-- Lanes whose rate window moved on take their turn again.
+if want > 0 then
+  for _, lane in ipairs(redis.call('ZRANGEBYSCORE', F.wait, '-inf', clock, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', F.wait, lane)
+    if redis.call('HGET', F.lanes, lane) == 'w' then
+      redis.call('HSET', F.lanes, lane, 'r')
+      enter_rotation(F, lane)
+    end
+  end
+end
+
+local out = {0, 0}
+local claimed, active, seen = 0, {}, {}
+local qhold = qspec and qspec[3] > 0
+
+-- Start the pending tasks `ids` (oldest first) of one lane, under `limit` (nil: none).
+-- A stale id (deleted, archived or cancelled while it waited) is dropped; a plain one
+-- whose type has limits now moves to its lane.
+local function admit(ids, limit, spec)
+  if #ids == 0 then return end
+  local msgs = call_chunked('HMGET', F.tasks, ids)
+  local current = call_chunked('HMGET', states, ids)
+  local retries = call_chunked('HMGET', retried, ids)
+  local started, holds, ok, moved = 0, {}, {}, {}
+  for i, id in ipairs(ids) do
+    local msg = msgs[i]
+    if msg and current[i] == 'pending' and not seen[id] then
+      if limit == nil and typed then
+        local _, _, _, ttype = read_header(msg)
+        if spec_of(F, 't:' .. ttype) then
+          moved[#moved + 1] = {id, msg}
+          msg = nil
+        end
+      end
+      if msg then
+        seen[id] = true
+        local token = wid .. '.' .. seq
+        seq = seq + 1
+        started = started + 1
+        ok[#ok + 1] = id
+        active[#active + 1] = id
+        active[#active + 1] = '@' .. token
+        out[#out + 1] = id
+        out[#out + 1] = token
+        out[#out + 1] = msg
+        out[#out + 1] = tonumber(retries[i] or '0')
+        local h = {}
+        if qhold then h[#h + 1] = 'q' end
+        if limit and spec[3] > 0 then h[#h + 1] = limit end
+        if #h > 0 then
+          holds[#holds + 1] = id
+          holds[#holds + 1] = table.concat(h, '\1')
+        end
+      end
+    end
+  end
+  -- Oldest first, each to the back of its lane: the tasks of a type moved by earlier
+  -- claims are older still, and come first.
+  for _, m in ipairs(moved) do push_ready(F, m[1], m[2], false) end
+  if started == 0 then return end
+  call_chunked('LPUSH', lease, ok)
+  claimed = claimed + started
+  if qspec then count_starts(F, 'q', qspec, started, clock) end
+  if limit then count_starts(F, limit, spec, started, clock) end
+  if #holds > 0 then
+    call_chunked('HSET', F.hold, holds)
+    redis.call('HINCRBY', F.running, '#held', #holds / 2)
+  end
+end
+
+-- The plain list's turn: the oldest `k` ids at its right end.
+local fast_len = 0
+if want > 0 then fast_len = redis.call('LLEN', F.pending) end
+local fast_turn = tonumber(redis.call('HGET', F.lanes, '#fast') or '0')
+local function serve_fast(k, contested)
+  local got = redis.call('LRANGE', F.pending, -k, -1)
+  redis.call('LTRIM', F.pending, 0, -#got - 1)
+  fast_len = fast_len - #got
+  if contested then
+    -- Its turn is only worth recording when other lanes wait for theirs.
+    fast_turn = redis.call('HINCRBY', F.lanes, '#turn', 1)
+    redis.call('HSET', F.lanes, '#fast', fast_turn)
+  end
+  local ids = {}
+  for i = #got, 1, -1 do ids[#ids + 1] = got[i] end -- oldest first
+  admit(ids)
+end
+
+-- A lane of `ready`: its share, within its limit; out of the rotation when it is empty
+-- or its limit is reached.
+local function serve_lane(lane, k)
+  local ttype, key = string.match(lane, '^%d\2([^\2]*)\2(.*)$')
+  local limit, spec = nil, nil
+  if ttype ~= '' then
+    spec = spec_of(F, 't:' .. ttype)
+    if spec then
+      limit = 't\2' .. ttype .. '\2' .. key
+      local free, at = room(F, limit, spec, clock)
+      if free <= 0 then
+        held_back = held_back + 1
+        redis.call('HINCRBY', F.lanes, '#hb:t:' .. ttype, 1)
+        if at > 0 then
+          redis.call('HSET', F.lanes, lane, 'w')
+          redis.call('ZADD', F.wait, at, lane)
+          waits_until(at)
+        else
+          redis.call('HSET', F.lanes, lane, 'c')
+        end
+        return
+      end
+      if free < k then k = free end
+    end
+  end
+  local lo, hi = '[' .. lane .. '\1', '(' .. lane .. '\2'
+  local members = redis.call('ZRANGEBYLEX', F.ready, lo, hi, 'LIMIT', 0, k)
+  if #members > 0 then
+    redis.call('ZREMRANGEBYLEX', F.ready, lo, '[' .. members[#members])
+  end
+  local ids = {}
+  local at = #lane + 18
+  for i, m in ipairs(members) do ids[i] = string.sub(m, at) end
+  if #ids > 0 then call_chunked('HDEL', F.laneof, ids) end
+  if #members == k and redis.call('ZLEXCOUNT', F.ready, lo, hi) > 0 then
+    enter_rotation(F, lane)
   else
-    seen[id] = true
-    local token = wid .. '.' .. seq
-    seq = seq + 1
-    active[#active + 1] = id
-    active[#active + 1] = '@' .. token
-    out[#out + 1] = id
-    out[#out + 1] = token
-    out[#out + 1] = msgs[i]
-    out[#out + 1] = tonumber(retries[i] or '0')
+    redis.call('HDEL', F.lanes, lane)
+  end
+  admit(ids, limit, spec)
+end
+
+local FAST_SCORE = 9 * PRIO
+local visits = 0
+while claimed < want and visits < 2 * n + 32 do
+  visits = visits + 1
+  local head = redis.call('ZRANGE', F.rot, 0, 0, 'WITHSCORES')
+  local lane, score = head[1], tonumber(head[2] or '0')
+  local fast = fast_len > 0 and (not lane or score >= FAST_SCORE + fast_turn)
+  if not lane and not fast then break end
+  local left = want - claimed
+  -- The lanes of this priority share what is left: a lane with a backlog waits for
+  -- every other lane of its priority at most one turn.
+  local band = fast and FAST_SCORE or score - score % PRIO
+  local others = redis.call('ZCOUNT', F.rot, band, band + PRIO - 1)
+  if band == FAST_SCORE and fast_len > 0 then others = others + 1 end
+  local k = math.ceil(left / math.max(others, 1))
+  if fast then
+    serve_fast(k, lane ~= nil)
+  else
+    redis.call('ZREM', F.rot, lane)
+    serve_lane(lane, k)
   end
 end
+
 if #active > 0 then call_chunked('HSET', states, active) end
+-- Work is left that this worker has no slot for: wake another.
+if claimed == n and n > 0 and (fast_len > 0 or redis.call('ZCARD', F.rot) > 0) then ring(F) end
+local first = redis.call('ZRANGE', F.wait, 0, 0, 'WITHSCORES')
+if first[2] then waits_until(tonumber(first[2])) end
+out[1] = wait_at > 0 and math.max(wait_at - clock, 1) or -1
+out[2] = held_back
 return out

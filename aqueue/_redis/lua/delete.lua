@@ -2,20 +2,19 @@
 -- them (Inspector.delete_task and delete_all).
 --
 -- KEYS[1] states     HASH  id -> state
--- KEYS[2] pending    LIST
--- KEYS[3] scheduled  ZSET
--- KEYS[4] retry      ZSET
--- KEYS[5] archived   ZSET
--- KEYS[6] completed  ZSET
--- KEYS[7] tasks      HASH  id -> "<max_retry>|<unique digest>|<body>"
--- KEYS[8] retried    HASH
--- KEYS[9] errors     HASH
--- KEYS[10] failed_at HASH
--- KEYS[11] results   HASH
--- KEYS[12] progress  HASH
--- KEYS[13] uniq      HASH  unique digest -> id holding the lock
--- KEYS[14] uniq_exp  ZSET
--- KEYS[15] cancels   SET
+-- KEYS[2] scheduled  ZSET
+-- KEYS[3] retry      ZSET
+-- KEYS[4] archived   ZSET
+-- KEYS[5] completed  ZSET
+-- KEYS[6] retried    HASH
+-- KEYS[7] errors     HASH
+-- KEYS[8] failed_at  HASH
+-- KEYS[9] results    HASH
+-- KEYS[10] progress  HASH
+-- KEYS[11] uniq      HASH  unique digest -> id holding the lock
+-- KEYS[12] uniq_exp  ZSET
+-- KEYS[13] cancels   SET
+-- KEYS[14..26] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("pending", "scheduled",
 --         "retry", "archived", "completed")
@@ -30,10 +29,12 @@
 -- include: take
 -- include: forget
 -- include: unique
-local states, pending, scheduled, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local archived, completed, tasks, retried = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local errors, failed_at, results, progress = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local uniq, uniq_exp, cancels = KEYS[13], KEYS[14], KEYS[15]
+local states, scheduled, retry, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local completed, retried, errors, failed_at = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local results, progress, uniq, uniq_exp = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local cancels = KEYS[13]
+local F = flow_keys(14)
+local tasks = F.tasks
 local mode, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local sets = {
   scheduled = scheduled, retry = retry, archived = archived, completed = completed,
@@ -44,4 +45,4 @@ local function delete(id)
   forget_tasks({id}, tasks, states, retried, errors, failed_at, results, progress, cancels)
 end
 
-return take(states, pending, sets, mode, target, limit, delete)
+return take(states, F, sets, mode, target, limit, delete)

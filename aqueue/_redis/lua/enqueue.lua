@@ -8,23 +8,33 @@
 -- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)        } "cron" only
 -- KEYS[7] cron       HASH  cron entry -> last tick enqueued (ms)    } mode "cron" only
 -- KEYS[8] cronlog    LIST  "<entry>|<tick ms>|<id>", newest first   }
--- ARGV[1] mode: "plain" (4 keys; each task as 3 arguments: id, message, due),
---         "unique" (6 keys; each task as 5 arguments: id, message, due, unique digest
---         ("" = none), unique ttl (ms)) or "cron" (8 keys; one task of 5 arguments, for
---         one tick of a cron entry); due is ms, 0 = now
+-- KEYS[9] bell       LIST  wakes an idle worker (lib/flow.lua)
+-- KEYS[10..22] the flow-control keys (QueueKeys.flow()), only when a task of the call
+--         has a priority or a limit key: it waits in its lane (lib/flow.lua)
+-- ARGV[1] mode: "plain" (each task as 3 arguments: id, message, due), "unique" (each
+--         task as 5 arguments: id, message, due, unique digest ("" = none), unique ttl
+--         (ms)) or "cron" (one task of 5 arguments, for one tick of a cron entry); due is
+--         ms, 0 = now. Every mode declares at least 9 keys; a key a mode does not use is
+--         any key of the queue.
 -- ARGV[2] now (ms)
 -- ARGV[3..5] mode "cron" only: cron entry, cron tick (ms), how many cronlog items to keep
 -- ARGV[3.. or 6..] the tasks
 --
--- A plain enqueue declares and sends only what it touches: 4 keys and 3 arguments a
--- task, which keeps the hot path's calls small.
+-- A plain enqueue sends only what it uses: 3 arguments a task, and the flow-control
+-- keys only for tasks that need them, which keeps the hot path's calls small. A task of
+-- priority 0 without a limit key goes to the plain list even if its type has limits:
+-- the claim script moves it to its lane (looking its type up here would cost every
+-- enqueue the flow-control keys).
 -- Returns one reply per task: "ok", {"conflict", state} or {"dup", holder id}; or
 -- "skip" when the cron tick was already enqueued (by this or any other worker): the
 -- check and the write are one atomic step, so each tick is enqueued exactly once.
+-- include: flow
 -- A task is checked and written as a unit, so a refused task writes nothing; the
 -- tasks of one call are independent (one refusal does not undo the others).
 local pending, scheduled, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local uniq, uniq_exp, cron, cronlog = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local uniq, uniq_exp, cron, cronlog, bell = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local F = nil
+if #KEYS > 9 then F = flow_keys(10) end
 local mode, now = ARGV[1], tonumber(ARGV[2])
 local size, first = 5, 3
 if mode == 'plain' then size = 3 end
@@ -37,6 +47,7 @@ if mode == 'cron' then
   redis.call('LTRIM', cronlog, 0, keep - 1)
 end
 local out = {}
+local woke = false
 for i = first, #ARGV, size do
   local id, msg, due = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local digest = size == 5 and ARGV[i + 3] or ''
@@ -65,10 +76,16 @@ for i = first, #ARGV, size do
         redis.call('ZADD', scheduled, due, id)
       else
         redis.call('HSET', states, id, 'pending')
-        redis.call('LPUSH', pending, id)
+        if F then
+          push_ready(F, id, msg, false)
+        else
+          redis.call('LPUSH', pending, id)
+          woke = true
+        end
       end
       out[#out + 1] = 'ok'
     end
   end
 end
+if woke and redis.call('LLEN', bell) == 0 then redis.call('LPUSH', bell, '1') end
 return out

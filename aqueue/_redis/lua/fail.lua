@@ -14,6 +14,7 @@
 -- KEYS[12] progress  HASH  id -> encoded progress
 -- KEYS[13] results   HASH  id -> encoded result
 -- KEYS[14] cancels   SET   ids whose cancellation was asked
+-- KEYS[15..27] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] id
@@ -26,6 +27,7 @@
 -- ARGV[9] 1 to count the attempt as a failure in the stats, 0 not to
 --
 -- Returns 1, or 0 when the token no longer matched (nothing was changed).
+-- include: flow
 -- include: forget
 -- include: unique
 -- include: archive_task
@@ -37,6 +39,7 @@ local now, day, id, token, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local next_at, error_text, digest, counted = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
 if redis.call('HGET', states, id) ~= '@' .. token then return 0 end
 redis.call('LREM', lease, 1, id)
+release(flow_keys(15), {id})
 if redis.call('SREM', cancels, id) == 1 and action ~= 'revoke' then
   -- Cancelled while it ran: whatever it raised, it ends archived as cancelled.
   action = 'archive'

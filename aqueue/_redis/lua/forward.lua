@@ -2,22 +2,23 @@
 --
 -- KEYS[1] scheduled  ZSET  id -> due time (ms)
 -- KEYS[2] retry      ZSET  id -> next attempt time (ms)
--- KEYS[3] pending    LIST
--- KEYS[4] states     HASH
+-- KEYS[3] states     HASH
+-- KEYS[4..16] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] now (ms)
 -- ARGV[2] at most this many tasks per set and call (bounds the script's run time)
 --
 -- Returns {moved, next}: how many moved, and the earliest due time still waiting
 -- (ms, -1 when both sets are empty) so the caller can sleep exactly until then.
 -- include: pending
-local scheduled, retry, pending, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local scheduled, retry, states = KEYS[1], KEYS[2], KEYS[3]
+local F = flow_keys(4)
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local moved = 0
 for _, set in ipairs({scheduled, retry}) do
   local ids = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     redis.call('ZREM', set, id)
-    if make_pending(states, pending, id, 'LPUSH') then moved = moved + 1 end
+    if make_pending(F, states, id, false) then moved = moved + 1 end
   end
 end
 local nxt = -1

@@ -1,19 +1,18 @@
 -- reap: return the tasks of expired leases of one queue to the queue.
 --
 -- KEYS[1] leases     ZSET  worker id -> lease expiry (ms)
--- KEYS[2] pending    LIST
--- KEYS[3] tasks      HASH  id -> message ("<max_retry>|<unique digest>|<body>")
--- KEYS[4] states     HASH
--- KEYS[5] archived   ZSET
--- KEYS[6] retried    HASH
--- KEYS[7] errors     HASH
--- KEYS[8] failed_at  HASH
--- KEYS[9] stats      HASH
--- KEYS[10] uniq      HASH
--- KEYS[11] uniq_exp  ZSET
--- KEYS[12] cancels   SET   ids whose cancellation was asked
--- KEYS[13] progress  HASH  id -> encoded progress (cleared: that attempt is over)
--- KEYS[14..] the lease lists of the workers named in ARGV[3..], in the same order
+-- KEYS[2] states     HASH
+-- KEYS[3] archived   ZSET
+-- KEYS[4] retried    HASH
+-- KEYS[5] errors     HASH
+-- KEYS[6] failed_at  HASH
+-- KEYS[7] stats      HASH
+-- KEYS[8] uniq       HASH
+-- KEYS[9] uniq_exp   ZSET
+-- KEYS[10] cancels   SET   ids whose cancellation was asked
+-- KEYS[11] progress  HASH  id -> encoded progress (cleared: that attempt is over)
+-- KEYS[12..24] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
+-- KEYS[25..] the lease lists of the workers named in ARGV[3..], in the same order
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3..] worker ids whose lease looked expired to the caller
@@ -21,18 +20,20 @@
 -- Several reapers may race: each lease is re-checked here, atomically, so a task is
 -- recovered once. An active task counts a failed attempt ("worker lost") and is
 -- archived once its retries are spent; a task moved but never started goes back as it
--- was. Recovered tasks go to the head of the queue: they have waited longest.
+-- was. Recovered tasks go to the head of their lanes: they have waited longest. The
+-- slots they held are freed, once: their hold is gone with them.
 -- Returns {recovered, archived, archived ids...}.
--- include: header
+-- include: flow
 -- include: archive_task
 -- include: stats
-local leases, pending, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local archived, retried, errors, failed_at = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local stats, uniq, uniq_exp, cancels = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local progress = KEYS[13]
+local leases, states, archived, retried = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local errors, failed_at, stats, uniq = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local uniq_exp, cancels, progress = KEYS[9], KEYS[10], KEYS[11]
+local F = flow_keys(12)
+local tasks = F.tasks
 local now, day = tonumber(ARGV[1]), ARGV[2]
 -- The lease list KEYS[FIRST_LEASE + i] belongs to the worker ARGV[FIRST_WORKER + i].
-local FIRST_LEASE, FIRST_WORKER = 14, 3
+local FIRST_LEASE, FIRST_WORKER = 25, 3
 local recovered, n_archived = 0, 0
 local archived_ids = {}
 for w = FIRST_WORKER, #ARGV do
@@ -43,6 +44,7 @@ for w = FIRST_WORKER, #ARGV do
     while true do
       local id = redis.call('RPOP', lease)
       if not id then break end
+      release(F, {id})
       local state = redis.call('HGET', states, id)
       local msg = redis.call('HGET', tasks, id)
       if state and msg then
@@ -62,11 +64,11 @@ for w = FIRST_WORKER, #ARGV do
             archived_ids[#archived_ids + 1] = id
           else
             redis.call('HSET', states, id, 'pending')
-            redis.call('RPUSH', pending, id)
+            push_ready(F, id, msg, true)
             recovered = recovered + 1
           end
         elseif state == 'pending' then
-          redis.call('RPUSH', pending, id)
+          push_ready(F, id, msg, true)
           recovered = recovered + 1
         end
       end

@@ -2,10 +2,11 @@
 -- run as soon as a worker is free (Inspector.run_task and run_all).
 --
 -- KEYS[1] states     HASH  id -> state
--- KEYS[2] pending    LIST  new ids are LPUSHed: the back of the queue, like an enqueue
--- KEYS[3] scheduled  ZSET
--- KEYS[4] retry      ZSET
--- KEYS[5] archived   ZSET
+-- KEYS[2] scheduled  ZSET
+-- KEYS[3] retry      ZSET
+-- KEYS[4] archived   ZSET
+-- KEYS[5..17] the flow-control keys (QueueKeys.flow(), lib/flow.lua): a task goes to
+--         the back of its lane, like an enqueue
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("scheduled", "retry",
 --         "archived")
@@ -17,14 +18,14 @@
 --      retry or archived), or false when there is no such task.
 -- all: returns {moved, taken}: tasks moved, and ids taken off the source set. An id whose
 --      state says otherwise is a stale entry: it is dropped, not moved.
-local states, pending, scheduled = KEYS[1], KEYS[2], KEYS[3]
-local retry, archived = KEYS[4], KEYS[5]
+-- include: pending
+local states, scheduled, retry, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local F = flow_keys(5)
 local mode, target, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local sets = {scheduled = scheduled, retry = retry, archived = archived}
 
 local function run(id)
-  redis.call('HSET', states, id, 'pending')
-  redis.call('LPUSH', pending, id)
+  make_pending(F, states, id, false)
 end
 
 if mode == 'one' then
