@@ -62,6 +62,7 @@ async def _drain(
 ) -> float:
     """Enqueue ``n`` jobs, then time one worker draining them: tasks per second."""
     await b.flush()
+    await _declare(b, mux)
     async with aqueue.Client(b.url) as client:
         for lo in range(0, n, BATCH):
             await client.enqueue_many([jobs(i) for i in range(lo, min(n, lo + BATCH))])
@@ -71,6 +72,13 @@ async def _drain(
         with anyio.fail_after(60 + n / 500):
             await counter.done.wait()
     return n / (time.perf_counter() - started)
+
+
+async def _declare(b: Bench, mux: aqueue.Mux) -> None:
+    """Start and stop a worker: its limits are declared, as they are wherever workers
+    run (a backlog enqueued before any declaration is limited too, at a small cost)."""
+    async with aqueue.Worker(mux, b.url, scheduler=False):
+        pass
 
 
 _COUNTERS: dict[int, _Counter] = {}
@@ -131,6 +139,7 @@ async def flow_rate_200(b: Bench) -> Result:
     async def rated(ctx: aqueue.Context) -> None:
         starts.append(time.monotonic())
 
+    await _declare(b, mux)
     async with aqueue.Client(b.url) as client:
         for lo in range(0, n, BATCH):
             await client.enqueue_many([aqueue.Job(rated) for _ in range(min(BATCH, n - lo))])
@@ -175,14 +184,19 @@ async def flow_concurrency(b: Bench) -> Result:
             if count >= n:
                 done.set()
 
+    await _declare(b, mux)
     async with aqueue.Client(b.url) as client:
         for lo in range(0, n, BATCH):
             await client.enqueue_many([aqueue.Job(capped) for _ in range(min(BATCH, n - lo))])
 
+    held: list[int] = []  # the limit's slots taken, as the server counts them
+
     async def sample() -> None:
-        while not done.is_set():
-            samples.append(running)
-            await anyio.sleep(0.001)
+        async with b.redis() as r:
+            while not done.is_set():
+                samples.append(running)
+                held.append(int(await r.hget(RUNNING, SLOT) or 0))
+                await anyio.sleep(0.001)
 
     started = time.perf_counter()
     async with (
@@ -194,18 +208,33 @@ async def flow_concurrency(b: Bench) -> Result:
             await done.wait()
     wall = time.perf_counter() - started
     # Sampled while the backlog lasted, past the worker's start-up.
-    steady = samples[len(samples) // 10 : -max(1, len(samples) // 10)] or samples
-    mean = sum(steady) / len(steady)
+    mean_held, mean_running = _steady_mean(held), _steady_mean(samples)
     return Result(
         "flow_concurrency",
         n,
-        "running",
-        mean,
+        "slots",
+        mean_held,
         float(limit),
         f"the limit, {limit} at once ({hold * 1000:g} ms tasks)",
         "higher",
-        extra={"peak": float(max(samples)), "ideal_seconds": n * hold / limit, "seconds": wall},
+        extra={
+            "handlers_running": mean_running,
+            "peak": float(max(samples)),
+            "ideal_seconds": n * hold / limit,
+            "seconds": wall,
+        },
     )
+
+
+# The running count of a task type's limit (lib/flow.lua's names).
+RUNNING = "aq:{default}:running"
+SLOT = "t\x02bench:capped\x02"
+
+
+def _steady_mean(samples: list[int]) -> float:
+    """The mean past the first and before the last tenth (start-up and the tail)."""
+    steady = samples[len(samples) // 10 : -max(1, len(samples) // 10)] or samples
+    return sum(steady) / len(steady)
 
 
 async def _latencies(b: Bench, n: int, limited: bool) -> list[float]:

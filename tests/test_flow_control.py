@@ -386,3 +386,23 @@ async def test_a_task_stored_before_flow_control_still_runs(url: str) -> None:
         assert await r.hget(k.states, "old") is None
     finally:
         await r.aclose()
+
+
+async def test_queue_weights_choose_the_queue_before_priority_orders_it(
+    url: str, client: aqueue.Client
+) -> None:
+    mux, gauge = aqueue.Mux(), Gauge()
+
+    @mux.task("job")
+    async def job(ctx: aqueue.Context, j: Job) -> None:
+        await gauge.run(j)
+
+    await client.enqueue(job, Job(1), queue="low", priority=9)
+    await client.enqueue(job, Job(2), queue="high", priority=0)
+    await client.enqueue(job, Job(3), queue="high", priority=5)
+    queues = {"high": 10, "low": 1}
+    async with aqueue.Worker(mux, url, concurrency=1, queues=queues, strict_priority=True):
+        await wait_for(lambda: len(gauge.finished) == 3)
+    # Strict priority serves the heavy queue first; within it, priority 5 before 0; the
+    # light queue's priority 9 never jumps ahead of another queue.
+    assert gauge.started == [3, 2, 1]

@@ -41,7 +41,7 @@ class Q:
         """The claimed items (id, token, message, retried, ...), or the refusal."""
         k = self.k
         reply = await self.b.script(scripts.claim(k, k.lease(wid), n, wid, 0, now()))
-        return reply if isinstance(reply, int) else reply[2:]
+        return reply if isinstance(reply, int) else reply[3:]
 
     async def reap(self, *wids: str) -> list[int]:
         reply = scripts.parse_reap(await self.b.script(scripts.reap(self.k, wids, now(), DAY)))

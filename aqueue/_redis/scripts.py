@@ -176,6 +176,7 @@ class ClaimReply(NamedTuple):
     tasks: list[ClaimedTask]  # oldest first in each lane, lanes in turn
     wait_ms: int | None  # a rate window has room again in this many ms (None: none waits)
     held_back: int  # lanes (and the queue itself) held back by a limit in this call
+    capped: bool  # a limit is full now: the next ack frees a slot of it
 
 
 _CLAIM_REFUSALS = {int(r): r for r in ClaimRefused}
@@ -193,9 +194,9 @@ def parse_claim(reply: Any) -> ClaimRefused | ClaimReply:
     if isinstance(reply, int):
         return _CLAIM_REFUSALS[reply]
     items = iter(reply)
-    wait_ms, held_back = next(items), next(items)
+    wait_ms, held_back, capped = next(items), next(items), next(items)
     tasks = list(zip(items, items, items, items, strict=False))
-    return ClaimReply(tasks, wait_ms if wait_ms >= 0 else None, held_back)
+    return ClaimReply(tasks, wait_ms if wait_ms >= 0 else None, held_back, bool(capped))
 
 
 def ack(

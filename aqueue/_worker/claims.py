@@ -223,7 +223,7 @@ class Dispatcher:
                 for item in claimed.tasks:
                     self._start(q, item, debug)
                 count = len(claimed.tasks)
-                if claimed.held_back:
+                if claimed.held_back or claimed.capped:
                     self._limited.add(q)
                 else:
                     self._limited.discard(q)

@@ -72,3 +72,8 @@ async def tenant(ctx: aqueue.Context, w: Work) -> None:
 @mux.task("single", concurrency_limit=1, max_retry=3)
 async def single(ctx: aqueue.Context, w: Work) -> None:
     await record(ctx, w)
+
+
+@mux.task("free")
+async def free(ctx: aqueue.Context, w: Work) -> None:
+    await record(ctx, w)

@@ -20,8 +20,9 @@
 --
 -- Returns -1 when the queue is paused, -2 when this worker holds no live lease (it must
 -- re-register before claiming, so that a crash now would be noticed by a reaper), else
--- {wait ms (-1: no rate window to wait for), lanes held back, then id, token, message,
--- retried for each claimed task}.
+-- {wait ms (-1: no rate window to wait for), lanes held back, 1 if a limit is full now
+-- (its next slot is freed by an ack) else 0, then id, token, message, retried for each
+-- claimed task}.
 -- include: flow
 local lease, states, paused, leases, retried = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local F = flow_keys(6)
@@ -31,7 +32,7 @@ if lease_exp <= now then return -2 end
 if redis.call('EXISTS', paused) == 1 then return -1 end
 
 local clock = server_ms()
-local held_back, wait_at = 0, 0
+local held_back, wait_at, capped = 0, 0, 0
 local function waits_until(at)
   if at > 0 and (wait_at == 0 or at < wait_at) then wait_at = at end
 end
@@ -41,7 +42,10 @@ local want = n
 local qspec = spec_of(F, 'q')
 if qspec and want > 0 then
   local free, at = room(F, 'q', qspec, clock)
-  if free < want then want = free end
+  if free <= want then
+    want = free
+    capped = 1
+  end
   if free <= 0 then
     held_back = 1
     waits_until(at)
@@ -62,25 +66,52 @@ if want > 0 then
   end
 end
 
-local out = {0, 0}
+local out = {0, 0, 0}
 local claimed, active, seen = 0, {}, {}
 local qhold = qspec and qspec[3] > 0
 
--- Start the pending tasks `ids` (oldest first) of one lane, under `limit` (nil: none).
--- A stale id (deleted, archived or cancelled while it waited) is dropped; a plain one
--- whose type has limits now moves to its lane.
+-- Room left this call for the limits of tasks that waited in a lane of no limited type
+-- (see `admit`): limit -> count.
+local late_room = {}
+
+-- The limit of a task (of priority `prio`, type `ttype`, limit key `key`) enqueued into
+-- a lane of no limited type, its type having limits declared since; and whether it may
+-- start now: it may when its limit has room and no task of its own lane waits (that one
+-- is older); otherwise it moves to that lane, still pending.
+local function late_limit(prio, ttype, key)
+  local spec = spec_of(F, 't:' .. ttype)
+  if not spec then return nil, nil, true end
+  local limit = 't\2' .. ttype .. '\2' .. key
+  local free = late_room[limit]
+  if free == nil then
+    free = 0
+    if redis.call('HEXISTS', F.lanes, prio .. string.sub(limit, 2)) == 0 then
+      free = room(F, limit, spec, clock)
+    end
+  end
+  late_room[limit] = math.max(free - 1, 0)
+  if free <= 1 then capped = 1 end
+  return limit, spec, free > 0
+end
+
+-- Start the pending tasks `ids` (oldest first) of one lane, under `limit` (nil: none,
+-- or, in a lane of no limited type, each task's type's if it has one now). A stale id (deleted,
+-- archived or cancelled while it waited) is dropped.
 local function admit(ids, limit, spec)
   if #ids == 0 then return end
   local msgs = call_chunked('HMGET', F.tasks, ids)
   local current = call_chunked('HMGET', states, ids)
   local retries = call_chunked('HMGET', retried, ids)
-  local started, holds, ok, moved = 0, {}, {}, {}
+  local started, holds, ok, moved, starts = 0, {}, {}, {}, {}
   for i, id in ipairs(ids) do
     local msg = msgs[i]
     if msg and current[i] == 'pending' and not seen[id] then
+      local l, s = limit, spec
       if limit == nil and typed then
-        local _, _, _, ttype = read_header(msg)
-        if spec_of(F, 't:' .. ttype) then
+        local _, _, prio, ttype, key = read_header(msg)
+        local go
+        l, s, go = late_limit(prio, ttype, key)
+        if not go then
           moved[#moved + 1] = {id, msg}
           msg = nil
         end
@@ -99,7 +130,11 @@ local function admit(ids, limit, spec)
         out[#out + 1] = tonumber(retries[i] or '0')
         local h = {}
         if qhold then h[#h + 1] = 'q' end
-        if limit and spec[3] > 0 then h[#h + 1] = limit end
+        if l then
+          if s[3] > 0 then h[#h + 1] = l end
+          local n = starts[l]
+          if n then n[2] = n[2] + 1 else starts[l] = {s, 1} end
+        end
         if #h > 0 then
           holds[#holds + 1] = id
           holds[#holds + 1] = table.concat(h, '\1')
@@ -114,7 +149,7 @@ local function admit(ids, limit, spec)
   call_chunked('LPUSH', lease, ok)
   claimed = claimed + started
   if qspec then count_starts(F, 'q', qspec, started, clock) end
-  if limit then count_starts(F, limit, spec, started, clock) end
+  for l, n in pairs(starts) do count_starts(F, l, n[1], n[2], clock) end
   if #holds > 0 then
     call_chunked('HSET', F.hold, holds)
     redis.call('HINCRBY', F.running, '#held', #holds / 2)
@@ -158,10 +193,14 @@ local function serve_lane(lane, k)
           waits_until(at)
         else
           redis.call('HSET', F.lanes, lane, 'c')
+          redis.call('HINCRBY', F.lanes, '#parked', 1)
         end
         return
       end
-      if free < k then k = free end
+      if free <= k then
+        k = free
+        capped = 1
+      end
     end
   end
   local lo, hi = '[' .. lane .. '\1', '(' .. lane .. '\2'
@@ -211,4 +250,7 @@ local first = redis.call('ZRANGE', F.wait, 0, 0, 'WITHSCORES')
 if first[2] then waits_until(tonumber(first[2])) end
 out[1] = wait_at > 0 and math.max(wait_at - clock, 1) or -1
 out[2] = held_back
+-- Lanes parked for a slot, by this call or earlier ones: the acks free their slots.
+if capped == 0 and tonumber(redis.call('HGET', F.lanes, '#parked') or '0') > 0 then capped = 1 end
+out[3] = capped
 return out

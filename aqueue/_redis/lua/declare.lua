@@ -23,5 +23,6 @@ for i = 1, #lanes, 2 do
   end
 end
 redis.call('DEL', F.wait)
+redis.call('HDEL', F.lanes, '#parked')
 if n > 0 then ring(F) end
 return n

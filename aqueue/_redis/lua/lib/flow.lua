@@ -139,15 +139,18 @@ local function unpark(F, limit)
   local lanes = {}
   for p = 0, 9 do lanes[p + 1] = p .. rest end
   local status = redis.call('HMGET', F.lanes, unpack(lanes))
-  local any = false
+  local n = 0
   for i = 1, 10 do
     if status[i] == 'c' then
       redis.call('HSET', F.lanes, lanes[i], 'r')
       enter_rotation(F, lanes[i])
-      any = true
+      n = n + 1
     end
   end
-  return any
+  if n > 0 and redis.call('HINCRBY', F.lanes, '#parked', -n) <= 0 then
+    redis.call('HDEL', F.lanes, '#parked')
+  end
+  return n > 0
 end
 
 local function release(F, ids)
