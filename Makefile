@@ -61,10 +61,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 ## bench-peers: the same workloads for aqueue, arq, SAQ, streaq and taskiq in one run,
-## each peer in its own .bench-venvs/<peer>/ (made on first use)
+## each peer in its own .bench-venvs/<peer>/ (made on first use); the runner's options go
+## in ARGS, e.g. `make bench-peers ARGS="--repeat 3"` (make reads `--repeat` as its own)
 .PHONY: bench-peers
 bench-peers: $(STAMP)
-	$(PY) -m benchmarks.peers
+	$(PY) -m benchmarks.peers $(ARGS)
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -6,9 +6,11 @@ modules is internal and may change.
 
 from ._client import Client, Job
 from ._cron import CronEntry, CronRun
+from ._flow import Flow, FlowInfo, chain, group
 from ._inspector import Inspector
 from ._limits import LimitInfo, Rate
 from ._mux import Context, Handler, Mux
+from ._sync import SyncClient
 from ._task import DailyStats, QueueInfo, State, TaskInfo, WorkerInfo
 from ._version import __version__
 from ._worker.worker import Worker
@@ -43,6 +45,8 @@ __all__ = [
     "CronRun",
     "DailyStats",
     "DuplicateTask",
+    "Flow",
+    "FlowInfo",
     "Handler",
     "Inspector",
     "InvalidCron",
@@ -63,6 +67,7 @@ __all__ = [
     "SkipRetry",
     "State",
     "StateRefused",
+    "SyncClient",
     "TaskFailed",
     "TaskIdConflict",
     "TaskInfo",
@@ -71,4 +76,6 @@ __all__ = [
     "Worker",
     "WorkerInfo",
     "__version__",
+    "chain",
+    "group",
 ]

@@ -8,20 +8,23 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.client import PubSub
 
+from . import _flowreads, _flows
 from ._cancel import cancel_task
+from ._flow import Element, FlowInfo
+from ._job import Job as Job  # re-exported: Job was defined here before
 from ._mux import Handler
 from ._options import check_options
 from ._producer import DEFAULT_MAX_PAYLOAD, Prepared, Producer, now_ms, outcome
 from ._reads import get_task
 from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, Connected, ServerLike, redacted
-from ._redis.keys import done_channel, done_ids, queues_key
+from ._redis.keys import FlowKeys, done_channel, done_ids, flow_channel, queues_key
 from ._redis.scripts import Call
 from ._task import State, TaskInfo, check_queue_name
 from .errors import (
@@ -29,6 +32,7 @@ from .errors import (
     InvalidOption,
     ResultTimeout,
     TaskFailed,
+    TaskNotFound,
     UnsupportedServer,
 )
 
@@ -36,25 +40,6 @@ P = TypeVar("P")
 
 # Client.result re-reads the task this often (s) if no notice arrives.
 _RESULT_RECHECK = 5.0
-
-
-class Job(Generic[P]):
-    """One task for ``Client.enqueue_many``: a handler or type name, a payload, options."""
-
-    __slots__ = ("options", "payload", "task")
-
-    @overload
-    def __init__(self, task: Handler[P, Any], payload: P = ..., **options: Any) -> None: ...
-    @overload
-    def __init__(self, task: str, payload: Any = None, **options: Any) -> None: ...
-    def __init__(self, task: Handler[Any, Any] | str, payload: Any = None, **options: Any) -> None:
-        self.task = task
-        self.payload = payload
-        self.options = options
-
-    def __repr__(self) -> str:
-        name = self.task if isinstance(self.task, str) else self.task.name
-        return f"Job({name!r}, {self.payload!r}, **{self.options!r})"
 
 
 class Client(Connected):
@@ -264,9 +249,28 @@ class Client(Connected):
                 "survive a server crash"
             )
 
+    async def enqueue_flow(
+        self,
+        flow: Element,
+        *,
+        flow_id: str | None = None,
+        retention: float = _flows.DEFAULT_RETENTION,
+    ) -> FlowInfo:
+        """Write a workflow (``aqueue.chain``, ``aqueue.group``, ``aqueue.Flow`` or one
+        ``Job``) and start its first steps; every step is checked before anything is
+        written. Step results are kept until the flow ends plus ``retention`` seconds.
+        See docs/workflows.md."""
+        return await _flows.write_flow(
+            self._broker, self._producer, flow, flow_id=flow_id, retention=retention
+        )
+
+    async def flow(self, flow_id: str) -> FlowInfo:
+        """A workflow as stored now; ``TaskNotFound`` when unknown or past its retention."""
+        return await _flowreads.read_flow(self._broker, flow_id)
+
     async def result(
         self,
-        info_or_id: TaskInfo | str,
+        info_or_id: TaskInfo | FlowInfo | str,
         *,
         queue: str = "default",
         timeout: float | None = None,
@@ -280,6 +284,13 @@ class Client(Connected):
         ``BrokerUnavailable`` if the server is lost while waiting. Waits on pub/sub,
         not by polling; ``on_progress`` is called with each ``ctx.progress`` value.
         """
+        if isinstance(info_or_id, FlowInfo) or (
+            isinstance(info_or_id, str) and await self._is_flow(info_or_id)
+        ):
+            flow_id = info_or_id.id if isinstance(info_or_id, FlowInfo) else info_or_id
+            with anyio.move_on_after(timeout):
+                return await self._wait_for_flow(flow_id)
+            raise ResultTimeout(f"flow {flow_id!r} did not finish within {timeout:g} s")
         if isinstance(info_or_id, TaskInfo):
             task_id, queue = info_or_id.id, info_or_id.queue
         else:
@@ -288,7 +299,17 @@ class Client(Connected):
         # A scope of our own, not fail_after: a TimeoutError raised inside (by
         # on_progress, say) is not ours to turn into ResultTimeout.
         with anyio.move_on_after(timeout):
-            return await self._wait_for(task_id, queue, on_progress)
+            try:
+                return await self._wait_for(task_id, queue, on_progress)
+            except TaskNotFound as exc:
+                if isinstance(info_or_id, TaskInfo):
+                    raise
+                # A bare id is looked up in ``queue``: the likely mistake is a task of
+                # another queue and the default "default".
+                raise TaskNotFound(
+                    f"{exc} (pass queue=... for a task of another queue, or the TaskInfo "
+                    f"that enqueue returned)"
+                ) from None
         raise ResultTimeout(
             f"task {task_id!r} in queue {queue!r} did not finish within {timeout:g} s"
         )
@@ -313,6 +334,33 @@ class Client(Connected):
                     if inspect.isawaitable(reported):
                         await reported
                 await self._notice(pubsub, task_id.encode())
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(pubsub)
+
+    async def _is_flow(self, flow_id: str) -> bool:
+        """Whether a flow has this id (a string given to ``result`` is tried as a flow's
+        id first)."""
+        if not _flows.valid_flow_id(flow_id):
+            return False
+        b = self._broker
+        key = FlowKeys(b.prefix, flow_id).meta
+        return bool(await b.run(lambda: b.redis.exists(key)))
+
+    async def _wait_for_flow(self, flow_id: str) -> Any:
+        """Read the flow each time its end channel speaks, until it ended."""
+        b = self._broker
+        pubsub = b.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await b.run(functools.partial(pubsub.subscribe, flow_channel(b.prefix, flow_id)))
+            read = functools.partial(pubsub.get_message, timeout=_RESULT_RECHECK)
+            while True:
+                state, value, error = await _flowreads.flow_output(b, flow_id)
+                if state == "completed":
+                    return value
+                if state in ("failed", "cancelled"):
+                    raise TaskFailed(f"flow {flow_id!r} {state}: {error}", last_error=error)
+                await b.run(read, timeout=_RESULT_RECHECK + b.timeout)
         finally:
             with anyio.CancelScope(shield=True):
                 await _close_quietly(pubsub)

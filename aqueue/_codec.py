@@ -1,10 +1,12 @@
 """Encoding of payloads, results and stored task messages (msgpack via msgspec; no pickle).
 
 A stored message is ``b"<max_retry>|<unique digest>|<priority>|<type length>|<key
-length>|<type><limit key>" + msgpack(Body)``. The short plain-text header is the only
-part a Lua script ever reads (the reaper needs ``max_retry`` and the unique digest, flow
-control the priority, the type and the limit key), so scripts never parse msgpack; the
-type and key are length-prefixed, so no byte of theirs is mistaken for a separator.
+length>|<step length>|<type><limit key><step>" + msgpack(Body)``, where ``step`` is
+``<flow id>:<index>`` for a workflow's step ("" otherwise). The short plain-text header
+is the only part a Lua script ever reads (the reaper needs ``max_retry`` and the unique
+digest, flow control the priority, the type and the limit key, the end of an attempt the
+step it reports to its workflow), so scripts never parse msgpack; the variable parts are
+length-prefixed, so no byte of theirs is mistaken for a separator.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Body(msgspec.Struct, array_like=True):
     retention: float  # seconds
     enqueued_at: int  # epoch ms
     headers: dict[str, str] | None = None
+    # A workflow step's dependencies' results (``ctx.inputs``), when it has a payload of
+    # its own (without one, they are its payload).
+    inputs: Any = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -55,11 +60,18 @@ def encode_payload(payload: object, limit: int) -> bytes:
 
 
 def encode_message(
-    max_retry: int, digest: str, body: Body, priority: int = 0, limit_key: str = ""
+    max_retry: int,
+    digest: str,
+    body: Body,
+    priority: int = 0,
+    limit_key: str = "",
+    step: str = "",
 ) -> bytes:
-    t, k = body.type.encode(), limit_key.encode()
-    head = b"%d|%s|%d|%d|%d|" % (max_retry, digest.encode(), priority, len(t), len(k))
-    return head + t + k + _encoder.encode(body)
+    t, k, f = body.type.encode(), limit_key.encode(), step.encode()
+    head = b"%d|%s|%d|%d|%d|%d|" % (
+        max_retry, digest.encode(), priority, len(t), len(k), len(f),
+    )  # fmt: skip
+    return head + t + k + f + _encoder.encode(body)
 
 
 class Header(NamedTuple):
@@ -69,16 +81,43 @@ class Header(NamedTuple):
     digest: str  # "" = no unique lock
     priority: int
     limit_key: str  # "" = none
+    step: str = ""  # "<flow id>:<index>" for a workflow's step, "" otherwise
+
+    @property
+    def flow_id(self) -> str | None:
+        return self.step.rpartition(":")[0] or None
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes]:
+    """A stored message's header (all a script reads) and its msgpack body."""
+    parts = data.split(b"|", 6)
+    if len(parts) == 7 and all(x.isdigit() for x in parts[2:6]):
+        at = len(data) - len(parts[6]) + sum(int(x) for x in parts[3:6])
+        return data[:at], data[at:]
+    rest = data.split(b"|", 2)[2]
+    return data[: len(data) - len(rest)], rest
+
+
+def encode_body(body: Body) -> bytes:
+    return _encoder.encode(body)
+
+
+def decode_body(data: bytes) -> Body:
+    return _body_decoder.decode(data)
 
 
 def decode_message(data: bytes) -> tuple[Header, Body]:
-    parts = data.split(b"|", 5)
-    if len(parts) == 6 and parts[2].isdigit() and parts[3].isdigit() and parts[4].isdigit():
-        max_retry, digest, priority, tlen, klen, rest = parts
+    parts = data.split(b"|", 6)
+    if len(parts) == 7 and all(x.isdigit() for x in parts[2:6]):
+        max_retry, digest, priority, tlen, klen, flen, rest = parts
         t = int(tlen)
         k = t + int(klen)
-        header = Header(int(max_retry), digest.decode(), int(priority), rest[t:k].decode())
-        return header, _body_decoder.decode(rest[k:])
+        f = k + int(flen)
+        header = Header(
+            int(max_retry), digest.decode(), int(priority), rest[t:k].decode(),
+            rest[k:f].decode(),
+        )  # fmt: skip
+        return header, _body_decoder.decode(rest[f:])
     # Stored by a version before flow control: "<max_retry>|<digest>|<body>" (a msgpack
     # body starts with an array byte, never a digit, so the two never mix up).
     max_retry, digest, body = data.split(b"|", 2)

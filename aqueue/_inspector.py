@@ -12,6 +12,7 @@ more than a few milliseconds at a time; other clients are served between batches
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -20,11 +21,14 @@ from typing import Any
 
 import redis.exceptions as rexc
 
+from . import _flowreads, _flows
 from ._cancel import cancel_task, publish_done
 from ._codec import decode_message
 from ._cron import CronEntry
+from ._flow import FlowInfo
 from ._format import either
 from ._limits import LimitInfo
+from ._minutes import minutes_key
 from ._reads import (
     get_task,
     read_cron_entries,
@@ -33,6 +37,7 @@ from ._reads import (
     read_tasks,
     read_workers,
     text,
+    unknown_types_key,
 )
 from ._redis import scripts
 from ._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, Connected, ServerLike
@@ -192,7 +197,13 @@ class Inspector(Connected):
                 queue=queue,
                 count=n,
             )
-        await b.run(lambda: b.redis.srem(queues_key(b.prefix), queue))
+        # With the notes kept beside the queue's keys, for stats and the dashboard.
+        forget = [
+            ("SREM", queues_key(b.prefix), queue),
+            ("DEL", unknown_types_key(b.prefix, queue)),
+            ("DEL", minutes_key(b.prefix, queue)),
+        ]
+        await b.run(lambda: b.scripts([], forget))
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -266,6 +277,34 @@ class Inspector(Connected):
         its handler cancelled and is archived as cancelled, never retried. A task that
         already completed or was archived is left as it is."""
         await cancel_task(self._broker, queue, task_id)
+
+    async def cancel_flow(self, flow_id: str) -> None:
+        """Cancel a workflow: its running steps are cancelled (as ``cancel``), the
+        steps not started are archived; completed steps stay completed. ``TaskNotFound``
+        for an unknown flow; a flow that ended is left as it is."""
+        b = self._broker
+        in_queues = await _flowreads.cancel_flow(b, flow_id)
+        for queue, task_id in in_queues:
+            with contextlib.suppress(TaskNotFound):
+                await cancel_task(b, queue, task_id)
+        # The ends of steps archived while waiting in their queue: recorded now, not at
+        # a worker's next sweep.
+        for queue in sorted({q for q, _ in in_queues}):
+            await _flows.finish_steps(b, queue)
+
+    async def flows(
+        self, state: str | None = None, page: int = 1, size: int = 50
+    ) -> list[FlowInfo]:
+        """Workflows, newest first (``state``: pending, running, completed, failed or
+        cancelled; None for all)."""
+        for name, value in (("page", page), ("size", size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidOption(f"{name} must be an int >= 1, got {value!r}")
+        if state is not None and state not in _FLOW_STATES:
+            raise InvalidOption(
+                f"unknown flow state {state!r}: use one of {', '.join(_FLOW_STATES)}"
+            )
+        return await _flowreads.list_flows(self._broker, state, page, size)
 
     async def run_all(self, queue: str, state: str) -> int:
         """Move every scheduled, retry or archived task (per ``state``) to pending;
@@ -428,6 +467,9 @@ class Inspector(Connected):
             if reply.taken < limit:
                 break
         return moved
+
+
+_FLOW_STATES = ("pending", "running", "completed", "failed", "cancelled")
 
 
 def _state(state: object) -> str:

@@ -92,10 +92,20 @@ class Producer:
         self._known_queues: dict[str, float] = {}  # queue -> when it was last registered
 
     def prepare(
-        self, task: Handler[Any, Any] | str, payload: Any, options: Mapping[str, Any], now: int
+        self,
+        task: Handler[Any, Any] | str,
+        payload: Any,
+        options: Mapping[str, Any],
+        now: int,
+        *,
+        step: str = "",
+        inputs_as_payload: bool = False,
+        task_id: str | None = None,
+        retention: float | None = None,
     ) -> Prepared:
         """Check and encode one task; raise ``InvalidOption`` or ``InvalidPayload``
-        naming the bad value."""
+        naming the bad value. A workflow's step names itself (``step``: "<flow id>:
+        <index>"); one that receives its inputs as payload has none to check yet."""
         if isinstance(task, Handler):
             task_type, handler_opts = task.name, task.options
         elif isinstance(task, str) and task and task.isprintable():
@@ -113,8 +123,12 @@ class Producer:
             opts = resolve(options, handler_opts, self.defaults, now, payload)
         else:
             opts = self._resolved(handler_opts, now)
+        if task_id is not None:  # a workflow's step: the flow chose these
+            opts.task_id = task_id
+        if retention is not None:
+            opts.retention = retention
         data = encode_payload(payload, self.max_payload)
-        if isinstance(task, Handler):
+        if isinstance(task, Handler) and not inputs_as_payload:
             check_payload(task, payload, data)
         digest = unique_digest(task_type, data) if opts.unique else ""
         body = Body(
@@ -126,7 +140,7 @@ class Producer:
             enqueued_at=now,
             headers=opts.headers,
         )
-        message = encode_message(opts.max_retry, digest, body, opts.priority, opts.limit_key)
+        message = encode_message(opts.max_retry, digest, body, opts.priority, opts.limit_key, step)
         args = [opts.task_id, message, opts.due]
         if digest:
             args += [digest, int(opts.unique * 1000)]

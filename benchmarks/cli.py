@@ -21,7 +21,7 @@ import anyio
 
 from aqueue.server import EmbeddedServer
 
-from . import drain, enqueue, flow, latency, memory, recovery, scale
+from . import drain, enqueue, flow, latency, memory, recovery, scale, workflows
 from .common import Bench, Result
 
 Workload = Callable[[Bench], Awaitable[Result]]
@@ -54,6 +54,9 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "flow_rate_200": (flow.flow_rate_200, 'rate_limit="200/s": starts per second'),
     "flow_concurrency": (flow.flow_concurrency, "concurrency_limit=20, 2 ms tasks: running"),
     "flow_latency": (flow.flow_latency, "idle latency of a limited task vs unlimited, p50"),
+    "flow_enqueue": (workflows.flow_enqueue, "enqueue_flow of a 10k group + fan-in"),
+    "flow_drain": (workflows.flow_drain, "a worker runs a 10k group + fan-in flow"),
+    "flow_handoff": (workflows.flow_handoff, "100-step chain: step-to-step hand-off, p50"),
 }
 
 

@@ -127,7 +127,7 @@ async def worker_rss(b: Bench) -> Result:
 
 
 async def drain_uvloop(b: Bench) -> Result:
-    """The no-op drain on uvloop (``aqueue[fast]``, which ``aqueue worker`` uses when it
+    """The no-op drain on uvloop (``aqueue-redis[fast]``, which ``aqueue worker`` uses when it
     is installed) against the default asyncio loop, interleaved in the same run."""
     n = b.n(20_000)
 

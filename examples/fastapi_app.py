@@ -1,9 +1,11 @@
 """Enqueue background work from a FastAPI endpoint, with the worker in the same process.
 
-The endpoint answers ``202 Accepted`` as soon as the task is safely stored in Redis;
-the worker, started in the app's lifespan on the same event loop, sends the welcome
-email in the background. To scale the worker apart from the web server later, remove
-it from the lifespan and run ``aqueue worker examples.fastapi_app:mux`` instead.
+The endpoint answers ``202 Accepted`` as soon as the task is safely stored in Redis
+(``413`` for a body too large to enqueue, ``422`` for one that does not validate, ``503``
+while the server cannot be reached); the worker, started in the app's lifespan on the
+same event loop, sends the welcome email in the background. To scale the worker apart
+from the web server later, remove it from the lifespan and run ``aqueue worker
+examples.fastapi_app:mux`` instead.
 
 Run it (from the repository root, with a Redis or Valkey server)::
 
@@ -11,7 +13,7 @@ Run it (from the repository root, with a Redis or Valkey server)::
     curl -i localhost:8000/signup -H 'content-type: application/json' \\
          -d '{"email": "ada@example.com", "name": "Ada"}'
 
-The queues dashboard (``pip install 'aqueue[web]'``) is mounted at /admin/queues/ behind
+The queues dashboard (``pip install 'aqueue-redis[web]'``) is mounted at /admin/queues/ behind
 the app's own auth: a FastAPI dependency that checks basic credentials against
 ``$ADMIN_PASSWORD`` (user ``admin``). Without that variable nobody gets in.
 """
@@ -126,6 +128,10 @@ def create_app(url: str | None = None, admin_password: str | None = None) -> Fas
             info = await client.enqueue(send_welcome, body)
         except aqueue.BrokerUnavailable:
             raise HTTPException(status_code=503, detail="queue unavailable, retry") from None
+        except aqueue.PayloadTooLarge as exc:  # over the Client's max_payload_bytes (1 MiB)
+            raise HTTPException(status_code=413, detail=str(exc)) from None
+        except (aqueue.InvalidPayload, aqueue.InvalidOption) as exc:  # not encodable, ...
+            raise HTTPException(status_code=422, detail=str(exc)) from None
         return {"id": info.id}
 
     @app.get("/admin/queues", include_in_schema=False, dependencies=[Depends(require_admin)])

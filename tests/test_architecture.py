@@ -32,6 +32,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "model": (
         "aqueue._task",
         "aqueue._limits",
+        "aqueue._job",
+        "aqueue._flow",
         "aqueue._codec",
         "aqueue._cron",
         "aqueue._options",
@@ -43,10 +45,18 @@ GROUPS: dict[str, tuple[str, ...]] = {
     # a throwaway server process, for demos, `aqueue dev` and tests.
     "embedded": ("aqueue._server", "aqueue.server"),
     # what the producer, the admin side and the worker share: task preparation
-    # (_producer), reads of tasks, workers and cron entries (_reads), cancelling a task.
-    "shared": ("aqueue._producer", "aqueue._reads", "aqueue._cancel"),
+    # (_producer), reads of tasks, workers and cron entries (_reads), cancelling a task,
+    # the per-minute samples the dashboard and the metrics collector keep (_minutes).
+    "shared": (
+        "aqueue._producer",
+        "aqueue._reads",
+        "aqueue._cancel",
+        "aqueue._flows",
+        "aqueue._flowreads",
+        "aqueue._minutes",
+    ),
     # the producer and admin side.
-    "api": ("aqueue._client", "aqueue._inspector"),
+    "api": ("aqueue._client", "aqueue._inspector", "aqueue._sync"),
     # the consumer side.
     "worker": ("aqueue._worker",),
     # the public API (the package's __init__ only): nothing inside aqueue imports it.

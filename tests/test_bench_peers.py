@@ -90,7 +90,7 @@ def test_the_driver_side_imports_only_the_standard_library(path: Path) -> None:
 def test_the_aqueue_adapter_loads_and_reports_its_versions() -> None:
     out = info(load("aqueue"))
     assert out["batch_api"] == "Client.enqueue_many"
-    assert set(out["versions"]) == {"aqueue", "redis", "hiredis", "msgspec"}
+    assert list(out["versions"]) == ["aqueue-redis", "redis", "hiredis", "msgspec"]
     assert all(out["versions"].values())
 
 

@@ -252,7 +252,7 @@ async def test_sigint_stops_the_worker_with_exit_code_0(aqueue_url: str, tmp_pat
 async def test_worker_runs_on_the_event_loop_asked_for(
     aqueue_url: str, tmp_path: Path, loop: str
 ) -> None:
-    """uvloop (aqueue[fast], installed here) by default; the default loop on request."""
+    """uvloop (aqueue-redis[fast], installed here) by default; the default loop on request."""
     args = ["--loop", loop] if loop == "asyncio" else []
     async with cli(tmp_path, "worker", f"{APP}:mux", "--url", aqueue_url, *args) as run:
         async with aqueue.Client(aqueue_url) as client:

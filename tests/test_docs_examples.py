@@ -10,7 +10,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Pages whose every Python block is complete and runs without a server.
-RUNNABLE = ["flow-control.md"]
+RUNNABLE = ["flow-control.md", "workflows.md"]
 _BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

@@ -9,6 +9,7 @@ run, against what the server recorded.
 from __future__ import annotations
 
 import os
+import pty
 import re
 import socket
 import subprocess
@@ -74,6 +75,10 @@ def assert_summary_is_right(stdout: str) -> None:
     assert s["delayed"] == DELAYED
     assert s["elapsed"] > 0
     assert s["throughput"] > 0
+    # The worker's speed, not the demo's 1 s delay: measured on the tasks due at once.
+    assert f"({TASKS - DELAYED} tasks due at once, first attempts in " in stdout
+    # The final progress line is printed once, after the last periodic one.
+    assert stdout.count(f"{TASKS}/{TASKS} done") == 1
     rows = per_type(stdout)
     assert {name: row[0] for name, row in rows.items()} == PER_TYPE
     assert rows["webhook:deliver"] == (2, 0, 2, 2)
@@ -133,6 +138,34 @@ def test_quickstart_without_aqueue_url_runs_on_an_embedded_server_and_stops_it()
         pass
     else:
         raise AssertionError(f"the embedded server still listens on port {port}")
+
+
+def test_quickstart_on_a_terminal_rewrites_one_line_that_fits_it(aqueue_url: str) -> None:
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "AQUEUE_URL"}
+    env.update(AQUEUE_URL=aqueue_url, COLUMNS="60")
+    argv = [sys.executable, str(EXAMPLE), "--tasks", str(TASKS)]
+    with subprocess.Popen(argv, stdout=follower, stderr=subprocess.DEVNULL, env=env) as child:
+        os.close(follower)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(leader)
+        assert child.wait(60) == 0
+    text = out.decode()
+    progress = next(line for line in text.split("\n") if " done, " in line)
+    frames = [f for f in progress.split("\r") if f.strip()]
+    assert len(frames) >= 2, text
+    # Each frame overwrites the last, and none is wider than the terminal (a line that
+    # wraps cannot be rewritten in place: it would show twice).
+    assert all(f.endswith("\x1b[K") and len(f) - len("\x1b[K") <= 59 for f in frames), frames
+    assert text.count(f"{TASKS}/{TASKS} done") == 1
 
 
 def test_quickstart_exits_1_when_tasks_do_not_finish_in_time(aqueue_url: str) -> None:

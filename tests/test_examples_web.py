@@ -98,6 +98,20 @@ def test_fastapi_bad_signup_body_gets_422_and_enqueues_nothing(
     assert_nothing_enqueued(r, fastapi_app.sent, before)
 
 
+def test_fastapi_signup_too_large_to_enqueue_gets_413_and_enqueues_nothing(
+    aqueue_url: str, r: redis.Redis
+) -> None:
+    """A body that validates but is over the Client's 1 MiB payload limit is the
+    client's fault, not a server error: 413 with the limit named, not a 500."""
+    before = dict(fastapi_app.sent)
+    big = {"email": "ada@example.com", "name": "A" * (2 * 1024 * 1024)}
+    with TestClient(fastapi_app.create_app(aqueue_url)) as http:
+        response = http.post("/signup", json=big)
+        assert response.status_code == 413
+        assert "over the limit of 1048576 bytes" in response.json()["detail"]
+    assert_nothing_enqueued(r, fastapi_app.sent, before)
+
+
 def test_fastapi_app_with_a_dead_server_fails_at_startup_not_at_creation() -> None:
     app = fastapi_app.create_app(DEAD_URL)  # builds without connecting
     with pytest.raises(aqueue.BrokerUnavailable, match="127.0.0.1:1"), TestClient(app):

@@ -427,4 +427,4 @@ def test_importing_aqueue_metrics_without_the_extra_names_it() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert "pip install 'aqueue[prometheus]'" in out.stdout
+    assert "pip install 'aqueue-redis[prometheus]'" in out.stdout

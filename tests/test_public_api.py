@@ -13,7 +13,8 @@ SPEC_NAMES = {
     "WorkerInfo", "State", "AqueueError", "DuplicateTask", "TaskIdConflict", "TaskNotFound",
     "QueueNotFound", "InvalidPayload", "PayloadTooLarge", "TaskFailed", "InvalidQueueName",
     "InvalidCron", "ResultTimeout", "QueueNotEmpty", "BrokerUnavailable", "SkipRetry", "Retry",
-    "Revoke", "InvalidOption",
+    "Revoke", "InvalidOption", "Rate", "LimitInfo", "chain", "group", "Flow", "FlowInfo",
+    "SyncClient",
 }  # fmt: skip
 
 

@@ -96,3 +96,20 @@ async def test_result_needs_retention_and_says_so(url: str) -> None:
             await client.result(info, timeout=1)
         with pytest.raises(aqueue.TaskNotFound):
             await client.result("no-such-task", timeout=1)
+
+
+async def test_result_of_a_bare_id_from_another_queue_says_to_pass_queue(url: str) -> None:
+    """A bare id is looked up in queue "default" unless told otherwise: the error says
+    how to point at the right queue, and either way works."""
+    async with aqueue.Client(url) as client:
+        info = await client.enqueue("elsewhere", queue="reports", retention=60)
+        with pytest.raises(aqueue.TaskNotFound) as caught:
+            await client.result(info.id, timeout=1)
+        assert str(caught.value) == (
+            f"no task {info.id!r} in queue 'default' (pass queue=... for a task of another "
+            "queue, or the TaskInfo that enqueue returned)"
+        )
+        with pytest.raises(aqueue.ResultTimeout, match="in queue 'reports'"):
+            await client.result(info.id, queue="reports", timeout=0.2)
+        with pytest.raises(aqueue.ResultTimeout, match="in queue 'reports'"):
+            await client.result(info, timeout=0.2)

@@ -213,4 +213,4 @@ def test_importing_aqueue_tracing_without_the_extra_names_it() -> None:
         "try:\n    import aqueue.tracing\n"
         "except ImportError as e:\n    print(e)"
     )
-    assert "pip install 'aqueue[otel]'" in run_python(code)
+    assert "pip install 'aqueue-redis[otel]'" in run_python(code)

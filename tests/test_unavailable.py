@@ -32,7 +32,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from aqueue import BrokerUnavailable, Client, Inspector, Job
+from aqueue import BrokerUnavailable, Client, Inspector, Job, chain
 from aqueue._cli.main import build_parser
 from aqueue.metrics import QueueCollector
 from aqueue.server import EmbeddedServer, free_port
@@ -62,6 +62,8 @@ CALLS: dict[str, Call] = {
     "Client.enqueue_many": lambda c, i: c.enqueue_many([Job("t", 1), Job("t", 2, queue="b")]),
     "Client.result": lambda c, i: c.result(TASK, timeout=30),
     "Client.cancel": lambda c, i: c.cancel("default", TASK),
+    "Client.enqueue_flow": lambda c, i: c.enqueue_flow(chain(Job("t", 1), Job("t"))),
+    "Client.flow": lambda c, i: c.flow("f1"),
     "Client.close": lambda c, i: c.close(),
     "Inspector.queues": lambda c, i: i.queues(),
     "Inspector.queue_info": lambda c, i: i.queue_info("default"),
@@ -82,6 +84,8 @@ CALLS: dict[str, Call] = {
     "Inspector.workers": lambda c, i: i.workers(),
     "Inspector.cron_entries": lambda c, i: i.cron_entries(),
     "Inspector.limits": lambda c, i: i.limits(),
+    "Inspector.flows": lambda c, i: i.flows(),
+    "Inspector.cancel_flow": lambda c, i: i.cancel_flow("f1"),
     "Inspector.close": lambda c, i: i.close(),
 }
 # These return, whatever became of the server: closing connections to a dead server
@@ -254,7 +258,7 @@ def admin_commands() -> dict[str, list[str]]:
 
 
 def _placeholders(parser: argparse.ArgumentParser) -> list[str]:
-    values = {"queue": "default", "id": TASK}
+    values = {"queue": "default", "id": TASK, "flow_id": "f1"}
     return [
         str(next(iter(a.choices))) if a.choices else values[a.dest]
         for a in parser._actions

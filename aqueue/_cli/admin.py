@@ -1,5 +1,5 @@
 """The admin commands of ``aqueue``: ``stats``, ``workers``, ``limits``, ``cron``, ``queue``
-and ``task``.
+and ``task`` (``flow``'s are in ``flows``).
 
 Each command opens an ``Inspector`` on ``--url`` (else ``$AQUEUE_URL``, else the local
 default), prints an aligned table or ``key: value`` lines, or JSON with ``--json``, and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TypeAlias
 
 import anyio
@@ -22,9 +23,11 @@ from .._cancel import cancel_task
 from .._format import duration_cell, either, size
 from .._inspector import Inspector
 from .._limits import LimitInfo
+from .._reads import read_unknown_types
 from .._redis.broker import DEFAULT_URL, redacted
 from .._task import ACTION_STATES, Action, DailyStats, QueueInfo, State, TaskInfo
 from ..errors import AqueueError, QueueNotEmpty, QueueNotFound
+from . import flows
 from .args import positive_int, positive_seconds, queue_name
 from .output import (
     ago,
@@ -76,6 +79,8 @@ def add_commands(sub: Subparsers) -> None:
     leaf(sub, "stats", cmd_stats, "show every queue at a glance: sizes, today's counts, latency")
     leaf(sub, "workers", cmd_workers, "list live workers and the tasks they are running")
     leaf(sub, "limits", cmd_limits, "list rate and concurrency limits and how busy they are")
+
+    flows.add_commands(sub, leaf)
 
     cron = sub.add_parser("cron", help="list cron schedules")
     csub = cron.add_subparsers(dest="cron_command", metavar="COMMAND", required=True)
@@ -150,9 +155,16 @@ async def cmd_stats(i: Inspector, args: argparse.Namespace) -> None:
             infos.append(await i.queue_info(name))
         except QueueNotFound:  # removed since it was listed
             continue
+    live = await i.workers()
+    served = {q for w in live for q in w.queues}
+    unknown = await read_unknown_types(i.broker, [q.queue for q in infos])
     if args.json:
-        return print_json(infos)
-    workers = len(await i.workers())
+        return print_json([
+            {**msgspec.structs.asdict(q), "served": q.queue in served,
+             "unknown_types": unknown.get(q.queue, {})}
+            for q in infos
+        ])  # fmt: skip
+    workers = len(live)
     if not infos:
         print(f"no queues yet; {plural(workers, 'live worker')}")
         return
@@ -167,6 +179,27 @@ async def cmd_stats(i: Inspector, args: argparse.Namespace) -> None:
         f"PROCESSED and FAILED count attempts today ({today()} UTC). "
         f"LATENCY: how long the next pending task has waited. {plural(workers, 'live worker')}."
     )
+    for line in _stats_warnings(infos, served, unknown):
+        print(line)
+
+
+def _stats_warnings(
+    infos: Sequence[QueueInfo], served: set[str], unknown: dict[str, dict[str, datetime]]
+) -> list[str]:
+    """What an operator must act on: pending tasks no live worker serves, and task types
+    no worker has a handler for (their tasks are retried until one does)."""
+    lines = []
+    stuck = [q for q in infos if q.pending and q.queue not in served]
+    if stuck:
+        named = ", ".join(f"{q.queue} ({q.pending} pending)" for q in stuck)
+        lines.append(f"WARNING: no live worker serves {named}.")
+    for queue, types in unknown.items():
+        named = ", ".join(f"{t} (last seen {ago(at)})" for t, at in types.items())
+        lines.append(
+            f"WARNING: queue {queue} has tasks of type(s) no worker has a handler for, "
+            f"retried until one does: {named}."
+        )
+    return ["", *lines] if lines else []
 
 
 def _stats_row(q: QueueInfo) -> list[object]:

@@ -9,24 +9,37 @@ MODULE:ATTR that does not name a Mux or Worker).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
+import traceback
 from typing import Any, NoReturn
 
 import anyio
 
 from .._mux import Mux
+from .._redis.urls import check_url
 from .._version import __version__
+from .._worker import health
 from .._worker.worker import Worker
-from ..errors import AqueueError
+from ..errors import AqueueError, InvalidOption
 from . import admin
 from .args import log_level, positive_int, positive_seconds, queue_name, queue_weight
 
 log = logging.getLogger("aqueue.cli")
+
+
+def port(text: str) -> int:
+    """A TCP port number, 1-65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+    return value
 
 
 class UsageError(Exception):
@@ -63,7 +76,7 @@ def cmd_dash(args: argparse.Namespace) -> int:
         from ..web import dashboard
     except ImportError as exc:  # a core install: say which extra is missing
         raise AqueueError(
-            f"aqueue dash needs the web extra ({exc}): pip install 'aqueue[web]'"
+            f"aqueue dash needs the web extra ({exc}): pip install 'aqueue-redis[web]'"
         ) from None
     token = os.environ.get("AQUEUE_DASH_TOKEN") or None
     password = args.password or os.environ.get("AQUEUE_DASH_PASSWORD") or None
@@ -79,13 +92,32 @@ def cmd_dash(args: argparse.Namespace) -> int:
         )
     url = args.url or os.environ.get("AQUEUE_URL") or "redis://localhost:6379/0"
     app = dashboard(url, read_only=not args.allow_actions, auth=auth)
+    sock = _listen(args.host, args.port)  # before the URL is printed: it must be true
     mode = "actions enabled" if args.allow_actions else "read-only"
     print(f"aqueue dash: http://{args.host}:{args.port}/ ({mode})", flush=True)
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the previous
     # handler: make that a clean exit (0), like SIGINT, instead of death by signal.
     signal.signal(signal.SIGTERM, _interrupt)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    config = uvicorn.Config(app, log_level=args.log_level.lower())
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket, bound here rather than by uvicorn: a port in use
+    (or an address this host does not have) is then one error line and exit 1, where
+    uvicorn logs its own error after the URL was printed and exits 3."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(address, family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is in use (choose another with --port)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise AqueueError(f"cannot serve the dashboard on {host}:{port}: {reason}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-            help="event loop: uvloop when installed (aqueue[fast]) by default",
+            help="event loop: uvloop when installed (aqueue-redis[fast]) by default",
         )  # fmt: skip
 
     w = sub.add_parser(
@@ -129,23 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N worker processes under a supervisor that restarts them (default: one, "
         "in this process)",
     )  # fmt: skip
+    w.add_argument(
+        "--health-port", type=port, default=None, metavar="PORT",
+        help="serve GET /livez and /readyz on this port (for Kubernetes probes)",
+    )  # fmt: skip
+    w.add_argument(
+        "--health-host", default=None, metavar="HOST",
+        help=f"address the health probes bind (default {health.DEFAULT_HOST}: the pod's IP)",
+    )  # fmt: skip
+    # A supervised child reports its health on this inherited pipe (supervisor.py).
+    w.add_argument("--health-fd", type=int, default=None, help=argparse.SUPPRESS)
     d = sub.add_parser(
         "dev", help="embedded Valkey + worker in one process",
         description="Start an embedded Valkey server and a worker, for local development.",
     )  # fmt: skip
     worker_flags(d)
-    d.add_argument(
-        "--port", type=positive_int, help="port of the embedded server (default: a free one)"
-    )
+    d.add_argument("--port", type=port, help="port of the embedded server (default: a free one)")
     admin.add_commands(sub)
     m = sub.add_parser(
         "metrics",
-        help="serve Prometheus metrics of the queues (aqueue[prometheus])",
+        help="serve Prometheus metrics of the queues (aqueue-redis[prometheus])",
         description="Serve Prometheus gauges of the queues and their limits over HTTP until "
         "SIGTERM/SIGINT.",
     )
     m.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
-    m.add_argument("--port", type=positive_int, default=9808, help="HTTP port (9808)")
+    m.add_argument("--port", type=port, default=9808, help="HTTP port (9808)")
     m.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     m.add_argument("--queue", "-q", action="append", type=queue_name, help="a queue (default: all)")
     m.add_argument(
@@ -154,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--log-level", default="INFO", type=log_level, help="logging level")
     w = sub.add_parser(
         "dash",
-        help="serve the web dashboard (aqueue[web])",
+        help="serve the web dashboard (aqueue-redis[web])",
         description="Serve the web dashboard until SIGTERM/SIGINT. Read-only unless "
         "--allow-actions; auth by --user/--password or $AQUEUE_DASH_TOKEN (required to "
         "bind anything but loopback).",
     )
     w.add_argument("--url", default=None, help="server URL (default: $AQUEUE_URL)")
     w.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    w.add_argument("--port", type=positive_int, default=8080, help="HTTP port (8080)")
+    w.add_argument("--port", type=port, default=8080, help="HTTP port (8080)")
     w.add_argument(
         "--allow-actions", action="store_true", help="enable pause/resume and task actions"
     )
@@ -183,6 +223,8 @@ def load_app(spec: str) -> Mux | Worker:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself fails: a SyntaxError, an error it raises
+        raise UsageError(f"cannot import module {module_name!r}: {_import_error(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -192,6 +234,19 @@ def load_app(spec: str) -> Mux | Worker:
     if not isinstance(obj, (Mux, Worker)):
         raise UsageError(f"{spec!r} is a {type(obj).__name__}, not an aqueue Mux or Worker")
     return obj
+
+
+def _import_error(exc: Exception) -> str:
+    """One line: the error, and where in the user's code it was raised (a SyntaxError
+    names its file and line itself)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    where = ""
+    if not isinstance(exc, SyntaxError):
+        tb = traceback.extract_tb(exc.__traceback__)
+        frames = [f for f in tb if not f.filename.startswith("<")]  # not <frozen importlib>
+        if frames:
+            where = f" ({os.path.relpath(frames[-1].filename)}, line {frames[-1].lineno})"
+    return f"{type(exc).__name__}: {text}{where}"
 
 
 def make_worker(app: Mux | Worker, args: argparse.Namespace, url: str | None) -> Worker:
@@ -223,22 +278,39 @@ def _use_uvloop(choice: str) -> bool:
     except ImportError:
         if choice == "uvloop":
             raise UsageError(
-                "--loop uvloop: uvloop is not installed (pip install 'aqueue[fast]')"
+                "--loop uvloop: uvloop is not installed (pip install 'aqueue-redis[fast]')"
             ) from None
         return False
     return True
 
 
-def _run_worker(worker: Worker, loop: str = "auto") -> int:
+def _run_worker(worker: Worker, loop: str = "auto", args: argparse.Namespace | None = None) -> int:
     uvloop = _use_uvloop(loop)
     logging.getLogger("aqueue.worker").info(
         "event loop: %s", "uvloop" if uvloop else "asyncio (default)"
     )
-    anyio.run(worker.run, backend_options={"use_uvloop": uvloop})
+    options = {"use_uvloop": uvloop}
+    port: int | None = getattr(args, "health_port", None)
+    fd: int | None = getattr(args, "health_fd", None)
+    if fd is not None:  # a supervised child: the supervisor serves the probes
+        anyio.run(health.run_reporting, worker, health.PipeReport(fd), backend_options=options)
+        return 0
+    if port is None:
+        anyio.run(worker.run, backend_options=options)
+        return 0
+    probe = health.Probe()
+    host = getattr(args, "health_host", None) or health.DEFAULT_HOST
+    server = health.HealthServer(host, port, probe).start()
+    try:
+        anyio.run(health.run_reporting, worker, probe.report, backend_options=options)
+    finally:
+        server.close()
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.health_host is not None and args.health_port is None:
+        raise UsageError("--health-host needs --health-port")
     app = load_app(args.app)
     url = args.url or os.environ.get("AQUEUE_URL")
     worker = make_worker(app, args, url)  # usage errors surface here, not in N children
@@ -247,7 +319,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         _use_uvloop(args.loop)  # a usage error surfaces here, not in N children
         return supervise(args.processes, args, worker.shutdown_timeout)
-    return _run_worker(worker, args.loop)
+    return _run_worker(worker, args.loop, args)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -258,6 +330,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
         os.environ["AQUEUE_URL"] = server.url
         print(f"aqueue dev: embedded Valkey at {server.url} (AQUEUE_URL is set)", flush=True)
         return _run_worker(make_worker(app, args, server.url), args.loop)
+
+
+def _check_url(args: argparse.Namespace) -> None:
+    """A server URL that cannot be parsed (a scheme aqueue does not know, a database or
+    port that is not a number) is a usage error, exit 2, for every command that takes
+    one, found before anything connects."""
+    if "url" not in vars(args):  # `aqueue dev` makes its own
+        return
+    url = args.url or os.environ.get("AQUEUE_URL")
+    if url:
+        try:
+            check_url(url)
+        except InvalidOption as exc:
+            raise UsageError(str(exc)) from None
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -274,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = {"worker": cmd_worker, "dev": cmd_dev, "metrics": cmd_metrics, "dash": cmd_dash}
     try:
+        _check_url(args)
         if hasattr(args, "admin"):
             return admin.run(args)
         return commands[args.command](args)

@@ -10,7 +10,9 @@ holds no connection to the server. It
 - restarts a child that exits while no shutdown was asked, after a backoff that doubles
   from 0.5 s up to 30 s and resets once a child has run for a minute;
 - exits 0 once every child has exited 0 after a shutdown signal, 1 otherwise, and 2 at
-  once when a child reports a usage error (restarting it would only fail again).
+  once when a child reports a usage error (restarting it would only fail again);
+- with ``--health-port``, serves the health probes for all its children, each of which
+  reports on a pipe of its own (``_worker/health.py``).
 
 Children run in their own process group, so a Ctrl-C in a terminal reaches them once
 (forwarded by the supervisor), not twice; on Linux they also get SIGTERM if the
@@ -22,11 +24,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from types import FrameType
+
+from .._worker.health import DEFAULT_HOST, Fleet, HealthServer
 
 log = logging.getLogger("aqueue.supervisor")
 
@@ -78,8 +83,16 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, processes: int, argv: list[str], *, grace: float | None = None) -> None:
+    def __init__(
+        self,
+        processes: int,
+        argv: list[str],
+        *,
+        grace: float | None = None,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.children = [Child(i + 1) for i in range(processes)]
+        self.fleet = fleet
         self.command = [sys.executable, "-m", "aqueue._cli", *argv]
         self.signals: list[signal.Signals] = []
         self.stopping = False
@@ -104,9 +117,23 @@ class Supervisor:
         self.signals.append(signal.Signals(signum))
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_die_with_parent
-        )
+        command, fds = self.command, tuple[int, ...]()
+        if self.fleet is not None:
+            fd = self.fleet.open(child.index)
+            command, fds = [*command, "--health-fd", str(fd)], (fd,)
+        try:
+            child.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+                preexec_fn=_die_with_parent,
+                pass_fds=fds,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)  # the child's end: the pipe ends when the child exits
+        if self.fleet is not None:
+            self.fleet.started(child.index, child.process.pid)
         child.started = time.monotonic()
         child.restart_at = None
         log.info(
@@ -201,7 +228,16 @@ def supervise(processes: int, args: argparse.Namespace, shutdown_timeout: float)
     """
     # Each child gets its own shutdown_timeout, then needs a few round trips to write
     # its last acks and requeue what it held.
-    return Supervisor(processes, child_argv(args), grace=shutdown_timeout + 30.0).run()
+    grace = shutdown_timeout + 30.0
+    if args.health_port is None:
+        return Supervisor(processes, child_argv(args), grace=grace).run()
+    fleet = Fleet(processes)
+    host = args.health_host or DEFAULT_HOST
+    server = HealthServer(host, args.health_port, fleet).start()
+    try:
+        return Supervisor(processes, child_argv(args), grace=grace, fleet=fleet).run()
+    finally:
+        server.close()
 
 
 __all__ = ["Supervisor", "child_argv", "supervise"]

@@ -22,8 +22,9 @@ from redis.asyncio.sentinel import Sentinel
 
 from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from . import deadline as _deadline
+from . import hints as _hints
 from . import wire as _wire
-from .endpoint import endpoint
+from .endpoint import Endpoint, endpoint
 from .endpoint import redacted as redacted  # re-exported: metrics and the client use it
 from .scripts import Call
 from .urls import check_url, parse_cluster_url, parse_sentinel_url
@@ -51,6 +52,8 @@ _UNAVAILABLE = (
 # replication in trouble. Waiting may help; the caller cannot change the call to fix it.
 _REFUSALS = ("OOM", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
              "NOREPLICAS")  # fmt: skip
+# Seconds of a rediss:// call kept for the plaintext probe (see ``Broker._unavailable``).
+_TLS_PROBE = 0.5
 
 
 # What Client, Worker and Inspector connect to: a URL, or a client you already have.
@@ -103,6 +106,13 @@ class Broker:
                 f"Redis Cluster needs redis-py 8.0 or later; this is redis-py {redis.__version__}"
             )
         self._socket_timeout = socket_timeout if socket_timeout is not None else timeout
+        # A TLS handshake with a server that does not speak TLS hangs until the connect
+        # timeout. For rediss:// part of a call's time is kept back from connecting, for
+        # a plaintext probe that can then say so (``_unavailable``) within the timeout.
+        self._tls_probe = 0.0
+        if self._owned and self.url.startswith("rediss:"):
+            self._tls_probe = min(_TLS_PROBE, timeout / 4)
+        self._connect_timeout = timeout - self._tls_probe
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -129,7 +139,7 @@ class Broker:
                 self.url,
                 max_connections=self.max_connections,
                 timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+                socket_connect_timeout=self._connect_timeout,
                 socket_timeout=self._socket_timeout,
                 health_check_interval=0,
                 **(ep.redis_py_options() if ep is not None else {}),
@@ -139,7 +149,7 @@ class Broker:
             if ep is not None:
                 # The hot path's own connections (see _wire). No socket timeout: every
                 # call on them runs within ``run``'s deadline.
-                self._lean = _wire.LeanPool(ep, self.max_connections, self.timeout)
+                self._lean = _wire.LeanPool(ep, self.max_connections, self._connect_timeout)
         return self._redis
 
     def _sentinel_master(self) -> aioredis.Redis:
@@ -166,8 +176,31 @@ class Broker:
         return client
 
     def unavailable(self, exc: BaseException) -> BrokerUnavailable:
-        detail = str(exc) or type(exc).__name__
+        """``exc`` as ``BrokerUnavailable``, saying what it means when ``hints`` knows
+        (a password missing, a peer that is not Redis, ...), else in its own words."""
+        detail = _hints.explain(exc, self.url) or str(exc) or type(exc).__name__
         return BrokerUnavailable(f"cannot use the server at {redacted(self.url)}: {detail}")
+
+    async def _unavailable(self, exc: BaseException, watch: _deadline.Watch) -> BrokerUnavailable:
+        """``unavailable``, except that a ``rediss://`` connection that failed the way a
+        TLS handshake with a plaintext server does is checked with a plaintext PING
+        first: a Redis answer means the server does not speak TLS on that port."""
+        ep = endpoint(self.url) if self._tls_probe and _hints.may_be_plaintext(exc) else None
+        if ep is not None and await self._plaintext(ep, watch):
+            return BrokerUnavailable(
+                f"cannot use the server at {redacted(self.url)}: {_hints.TLS_HINT} "
+                f"(it answers plain Redis protocol on that port: use redis://)"
+            )
+        return self.unavailable(exc)
+
+    async def _plaintext(self, ep: Endpoint, watch: _deadline.Watch) -> bool:
+        # Off the watchdog, bounded by what is left of the call's time instead: its
+        # cancellation would escape this except clause unconverted.
+        self._watchdog.stop(watch)
+        if watch.expired:  # its cancellation is on its way: no await before it lands
+            return False
+        left = watch.deadline - asyncio.get_running_loop().time()
+        return await _hints.speaks_plain_resp(ep, min(self._tls_probe, left))
 
     async def run(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Await ``fn()`` within the timeout, mapping connection failures."""
@@ -193,13 +226,13 @@ class Broker:
                 ) from None
             raise
         except TimeoutError as exc:
-            raise self.unavailable(exc) from exc
+            raise await self._unavailable(exc, watch) from exc
         except rexc.ResponseError as exc:
             if _is_auth_error(exc) or _is_demoted(exc) or is_refusal(exc):
                 raise self.unavailable(exc) from exc
             raise
         except _UNAVAILABLE as exc:
-            raise self.unavailable(exc) from exc
+            raise await self._unavailable(exc, watch) from exc
         finally:
             self._watchdog.stop(watch)
 
@@ -409,5 +442,11 @@ def is_refusal(exc: rexc.ResponseError) -> bool:
 
 
 def _is_auth_error(exc: rexc.ResponseError) -> bool:
+    """Refused credentials, or (as redis-py raises SELECT's error reply while it
+    connects) a database the server does not have: the URL is wrong, not the command."""
     text = str(exc)
-    return text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "invalid password" in text
+    return (
+        text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+        or "invalid password" in text
+        or "DB index is out of range" in text
+    )

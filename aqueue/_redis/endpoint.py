@@ -87,15 +87,17 @@ def endpoint(url: str) -> Endpoint | None:
     if parts.scheme not in ("redis", "rediss", "unix"):
         return None
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if not set(query) <= _QUERY or query.get("protocol", "2") not in ("2", "3"):
-        return None
     bad = f"invalid URL {redacted(url)!r}"
+    # Checked whoever ends up handling the URL: redis-py reads a path that is not a
+    # number (redis://host/abc) as database 0, silently.
     db = _db(parts.path if parts.scheme != "unix" else "", query.get("db"), bad)
-    tls = _tls(query, bad) if parts.scheme == "rediss" else None
     try:
         port = parts.port
     except ValueError:
         raise InvalidOption(f"{bad}: the port must be a number from 0 to 65535") from None
+    if not set(query) <= _QUERY or query.get("protocol", "2") not in ("2", "3"):
+        return None
+    tls = _tls(query, bad) if parts.scheme == "rediss" else None
     return Endpoint(
         host=unquote(parts.hostname or "localhost"),
         port=port or 6379,
@@ -112,8 +114,9 @@ def _db(path: str, query: str | None, bad: str) -> int:
     text = query if query is not None else path.strip("/")
     if not text:
         return 0
-    if not text.isdigit():
-        raise InvalidOption(f"{bad}: the database must be a number, got {text!r}")
+    if not (text.isascii() and text.isdigit()):
+        where = "?db=" if query is not None else "the path"
+        raise InvalidOption(f"{bad}: the database ({where}) must be a number, got {text!r}")
     return int(text)
 
 

@@ -38,6 +38,8 @@ lives in one Redis Cluster slot and every script touches one slot only:
 ``rlog``         ZSET   recent starts per rate limit, ``<limit>\1<ms>:<n>``
 ``rlim``         ZSET   rate limit -> when all its logged starts are old
 ``limits``       HASH   the declared limits: ``q`` (the queue's), ``t:<type>``
+``outbox``       LIST   ends of workflow steps not yet recorded in their flow,
+                        ``<flow id>:<index>|<completed|archived|revoked>``
 ===============  =====  ====================================================
 
 Flow control (docs/flow-control.md) keeps a task of priority 0 without a limit key, of
@@ -81,6 +83,7 @@ class QueueKeys:
         "lanes",
         "leases",
         "limits",
+        "outbox",
         "paused",
         "pending",
         "progress",
@@ -135,6 +138,7 @@ class QueueKeys:
         self.rlog = b + "rlog"
         self.rlim = b + "rlim"
         self.limits = b + "limits"
+        self.outbox = b + "outbox"
 
     def flow(self) -> tuple[str, ...]:
         """The keys of flow control that every script moving a pending task declares,
@@ -142,6 +146,7 @@ class QueueKeys:
         return (
             self.pending, self.tasks, self.ready, self.laneof, self.lanes, self.rot,
             self.wait, self.running, self.hold, self.rlog, self.rlim, self.limits, self.bell,
+            self.outbox,
         )  # fmt: skip
 
     def lease(self, worker_id: str) -> str:
@@ -213,3 +218,64 @@ def lane_member_id(member: bytes) -> str:
     """The task id in a member of a queue's ``ready`` set: ``<lane>\\1<16-digit seq><id>``
     (lib/flow.lua)."""
     return member[member.index(b"\1") + 17 :].decode()
+
+
+class FlowKeys:
+    """The keys of one workflow, under its own hash tag ``{f:<flow id>}``: a flow's
+    steps may live in queues on other masters, its bookkeeping lives here.
+
+    ===========  =====  ==============================================================
+    ``meta``     HASH   state, total, created/completed ms, retention, error; per step
+                        ``d:<i>``/``c:<i>`` the steps it waits for / that wait for it
+                        (comma-separated), ``w:<i>`` how many of those still run
+    ``tpl``      HASH   step -> what to enqueue when it is released (msgpack)
+    ``shape``    HASH   step -> the shape of its inputs (msgpack)
+    ``ended``    HASH   step -> how it ended (``completed``, ``archived``, ...)
+    ``results``  HASH   step -> its encoded result (completed steps)
+    ``errors``   HASH   step -> why it failed, or which step's failure archived it
+    ``released`` SET    steps released (written to their queue, or about to be); the
+                        steps without dependencies are released from the start
+    ``outbox``   LIST   steps released but not yet written to their queue
+    ===========  =====  ==============================================================
+    """
+
+    __slots__ = ("base", "ended", "errors", "meta", "outbox", "released", "results", "shape", "tpl")
+
+    def __init__(self, prefix: str, flow_id: str) -> None:
+        b = self.base = f"{prefix}:{{f:{flow_id}}}:"
+        self.meta = b + "meta"
+        self.tpl = b + "tpl"
+        self.shape = b + "shape"
+        self.ended = b + "ended"
+        self.results = b + "results"
+        self.errors = b + "errors"
+        self.released = b + "released"
+        self.outbox = b + "outbox"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.meta, self.tpl, self.shape, self.ended, self.results, self.errors,
+            self.released, self.outbox,
+        )  # fmt: skip
+
+
+def flows_key(prefix: str) -> str:
+    """ZSET flow id -> creation time (ms): every flow, for ``Inspector.flows``."""
+    return f"{prefix}:flows"
+
+
+def flows_due_key(prefix: str) -> str:
+    """SET of flow ids that may have released steps not yet written to their queues
+    (a flow's ``outbox``): any worker drains them."""
+    return f"{prefix}:flows:due"
+
+
+def flow_stats_key(prefix: str) -> str:
+    """HASH: flows started, and ended per final state (completed, failed, cancelled),
+    counted by whoever saw it happen (for metrics: a crash may miss one)."""
+    return f"{prefix}:flows:stats"
+
+
+def flow_channel(prefix: str, flow_id: str) -> str:
+    """Pub/sub: a message when the flow ends (what ``Client.result`` of a flow waits on)."""
+    return f"{prefix}:{{f:{flow_id}}}:end"

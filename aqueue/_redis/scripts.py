@@ -20,7 +20,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
-from .keys import QueueKeys
+from .keys import FlowKeys, QueueKeys
 
 _LUA = resources.files(__package__) / "lua"
 _INCLUDE = "-- include: "
@@ -76,6 +76,10 @@ class Scripts:
         self.cancel = Script("cancel")
         self.declare = Script("declare")
         self.recount = Script("recount")
+        # Workflows'.
+        self.flow_done = Script("flow_done")
+        self.cancel_flow = Script("cancel_flow")
+        self.outbox_done = Script("outbox_done")
         # The Inspector's.
         self.run_now = Script("run_now")
         self.archive = Script("archive")
@@ -121,8 +125,7 @@ def enqueue(
     if laned:
         keys = _enqueue_keys(k, cron=False) + k.flow()
     elif unique:
-        keys = (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp,
-                k.pending, k.pending, k.bell)  # fmt: skip
+        keys = (k.pending, k.scheduled, k.tasks, k.states, k.bell, k.uniq, k.uniq_exp)
     else:
         keys = _plain_keys(k)
     return (SCRIPTS.enqueue, keys, ["unique" if unique else "plain", now_ms, *tasks])
@@ -130,14 +133,13 @@ def enqueue(
 
 @lru_cache(maxsize=4096)
 def _plain_keys(k: QueueKeys) -> tuple[str, ...]:
-    # Unused places hold a key of the queue (the script reads them by position).
-    p = k.pending
-    return (p, k.scheduled, k.tasks, k.states, p, p, p, p, k.bell)
+    return (k.pending, k.scheduled, k.tasks, k.states, k.bell)
 
 
 def _enqueue_keys(k: QueueKeys, cron: bool) -> tuple[str, ...]:
+    # Unused places hold a key of the queue (the script reads them by position).
     c, log = (k.cron, k.cronlog) if cron else (k.pending, k.pending)
-    return (k.pending, k.scheduled, k.tasks, k.states, k.uniq, k.uniq_exp, c, log, k.bell)
+    return (k.pending, k.scheduled, k.tasks, k.states, k.bell, k.uniq, k.uniq_exp, c, log)
 
 
 def enqueue_cron(
@@ -203,9 +205,9 @@ def ack(
     k: QueueKeys, lease: str, now_ms: int, day: str, plain: Sequence[Any], full: Sequence[Any]
 ) -> Call:
     """Finish successful attempts. ``plain``: ``id, token`` pairs of tasks with no
-    retention, result or unique lock; ``full``: the others, 5 values each: ``id, token,
-    retention ms, encoded result, unique digest``. The reply lists the ids whose token
-    was stale (nothing was written for those)."""
+    retention, result or unique lock; ``full``: the others, 6 values each: ``id, token,
+    retention ms, encoded result, unique digest, workflow step``. The reply lists the ids
+    whose token was stale (nothing was written for those)."""
     keys = (
         lease, k.tasks, k.states, k.completed, k.results, k.uniq, k.uniq_exp, k.stats,
         k.retried, k.errors, k.failed_at, k.progress, k.cancels, *k.flow(),
@@ -226,6 +228,7 @@ def fail(
     error: str,
     digest: str,
     counted: bool,
+    step: str = "",
 ) -> Call:
     """End a failed attempt: ``action`` "retry" (counts a retry), "again" (does not),
     "archive" or "revoke". ``due_ms``: the next attempt's, for retry and again;
@@ -234,7 +237,7 @@ def fail(
         lease, k.tasks, k.states, k.retry, k.archived, k.uniq, k.uniq_exp, k.stats,
         k.retried, k.errors, k.failed_at, k.progress, k.results, k.cancels, *k.flow(),
     )  # fmt: skip
-    args = [now_ms, day, task_id, token, action, due_ms, error, digest, 1 if counted else 0]
+    args = [now_ms, day, task_id, token, action, due_ms, error, digest, 1 if counted else 0, step]
     return (SCRIPTS.fail, keys, args)
 
 
@@ -415,3 +418,50 @@ def parse_drop_queue(reply: Any) -> int:
 def trim_stats(k: QueueKeys, oldest_day: str) -> Call:
     """Drop the queue's per-day counters of days before ``oldest_day`` (YYYY-MM-DD)."""
     return (SCRIPTS.trim_stats, (k.stats,), [oldest_day])
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+class FlowDone(NamedTuple):
+    recorded: int  # ends that were news (not repeated reports)
+    ended: str  # the flow's final state if it ended with them, else ""
+    released: int  # steps released by it (pushed on the flow's outbox)
+    known: bool = True  # False: no such flow (its retention passed)
+    # Per step released: index, template, inputs' shape (b"" = none), and its
+    # dependencies' results as {index: encoded result (b"" = none)}.
+    steps: tuple[tuple[int, bytes, bytes, dict[int, bytes]], ...] = ()
+
+
+def flow_done(
+    w: FlowKeys, channel: str, ends: Sequence[tuple[int, str, bytes]], now_ms: int
+) -> Call:
+    """Record that steps ended: per end, its index, how (completed, archived, revoked)
+    and its result or error; release the steps waiting for them."""
+    args: list[Any] = [now_ms]
+    for end in ends:
+        args += end
+    return (SCRIPTS.flow_done, (*w.all(), channel), args)
+
+
+def parse_flow_done(reply: Any) -> FlowDone:
+    if isinstance(reply, int):
+        return FlowDone(0, "", 0, known=False)
+    steps = []
+    for item in reply[3:]:
+        rest = iter(item[3:])
+        deps = {int(d): v for d, v in zip(rest, rest, strict=True)}
+        steps.append((int(item[0]), item[1], item[2], deps))
+    ended = reply[1].decode() if isinstance(reply[1], bytes) else ""
+    return FlowDone(int(reply[0]), ended, int(reply[2]), steps=tuple(steps))
+
+
+def cancel_flow(w: FlowKeys, channel: str, now_ms: int) -> Call:
+    """Cancel a workflow: its steps not released are archived; the reply lists those in
+    their queues (to cancel), or is -1 (unknown flow) or 0 (ended already)."""
+    return (SCRIPTS.cancel_flow, (*w.all(), channel), [now_ms])
+
+
+def outbox_done(outbox: str, entries: Sequence[str]) -> Call:
+    """Take handled ``entries`` off ``outbox`` (a queue's or a flow's)."""
+    return (SCRIPTS.outbox_done, (outbox,), list(entries))

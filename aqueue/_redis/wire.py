@@ -43,7 +43,21 @@ from .endpoint import Endpoint
 # Commands whose raw reply is what redis-py would return (no response callback).
 # (BLPOP's raw reply is a list where redis-py gives a tuple: aqueue only tests for None.)
 RAW_COMMANDS = frozenset(
-    {"EVALSHA", "PUBLISH", "SADD", "HSET", "ZADD", "LPUSH", "RPUSH", "BLMOVE", "BLPOP"}
+    {
+        "EVALSHA",
+        "PUBLISH",
+        "SADD",
+        "SREM",
+        "HSET",
+        "HDEL",
+        "HINCRBY",
+        "ZADD",
+        "LPUSH",
+        "RPUSH",
+        "LREM",
+        "BLMOVE",
+        "BLPOP",
+    }
 )
 
 # Error replies that mean more than "this command failed", by their first word, as the
@@ -108,10 +122,29 @@ class Connection(asyncio.Protocol):
             self._fail(rexc.ConnectionError("the server sent a reply nobody was waiting for"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None:
+        said = self._said_before_closing()
+        if said is not None:
+            self._fail(said)
+        elif exc is None:
             self._fail(rexc.ConnectionError("Connection closed by server."))
         else:
             self._fail(rexc.ConnectionError(f"Error while reading from the server: {exc}"))
+
+    def _said_before_closing(self) -> Exception | None:
+        """The error reply the server sent the waiting call before it hung up, as the
+        reason the call failed: Valkey answers a client that has not authenticated and
+        sends a long command (a script call) with ``ERR Protocol error: unauthenticated
+        multibulk length``, then closes the connection, and "Connection closed by
+        server" would hide that a password is missing."""
+        if self._waiter is None:
+            return None
+        said = next((r for r in self._replies if isinstance(r, rexc.ResponseError)), None)
+        if said is None:
+            return None
+        text = str(said)
+        if "unauthenticated" in text or isinstance(_classified(said), rexc.AuthenticationError):
+            return rexc.AuthenticationError(text)
+        return rexc.ConnectionError(f"Connection closed by server after: {text}")
 
     # -- use ---------------------------------------------------------------------------
 

@@ -247,7 +247,7 @@ class Dispatcher:
         header, body = decode_message(message)
         c = Claimed(
             queue, raw_id.decode(), raw_token.decode(), header.max_retry, header.digest, body,
-            int(retried), header.priority, header.limit_key,
+            int(retried), header.priority, header.limit_key, header.step,
         )  # fmt: skip
         self._held.add(c)
         if debug:

@@ -9,6 +9,7 @@ lists, and a graceful shutdown waits for there to be none.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -23,10 +24,12 @@ class Held:
     cancels, audits or waits for the tasks reads, and only the dispatcher and the outcome
     writer change."""
 
-    __slots__ = ("_empty", "_tasks")
+    __slots__ = ("_empty", "_since", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: dict[tuple[str, str], Claimed] = {}
+        # When each was claimed (Unix ms): the heartbeat publishes it for the dashboard.
+        self._since: dict[tuple[str, str], int] = {}
         # Set only while someone waits for the last task to end.
         self._empty: anyio.Event | None = None
 
@@ -38,10 +41,12 @@ class Held:
 
     def add(self, c: Claimed) -> None:
         self._tasks[(c.queue, c.id)] = c
+        self._since[(c.queue, c.id)] = int(time.time() * 1000)
 
     def remove(self, c: Claimed) -> None:
         tasks = self._tasks
         tasks.pop((c.queue, c.id), None)
+        self._since.pop((c.queue, c.id), None)
         if not tasks and self._empty is not None:
             self._empty.set()
             self._empty = None
@@ -50,7 +55,15 @@ class Held:
         """Every task, no longer held."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
+        self._since.clear()
         return tasks
+
+    def since(self) -> dict[str, dict[str, int]]:
+        """When each held task was claimed (Unix ms), by queue and id."""
+        out: dict[str, dict[str, int]] = {}
+        for (queue, task_id), ms in self._since.items():
+            out.setdefault(queue, {})[task_id] = ms
+        return out
 
     def ids(self, queue: str) -> list[str]:
         return [c.id for c in self._tasks.values() if c.queue == queue]

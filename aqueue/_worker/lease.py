@@ -68,24 +68,25 @@ class LeaseKeeper:
         # time.monotonic() at which the lease may have lapsed: lease_ttl after the
         # last renewal sent that succeeded.
         self.valid_until = math.inf
-        self._card_bytes: bytes | None = None
+        self._card_fields: dict[str, Any] | None = None
         # Publishes the Mux's limits again (set by the worker once first contact exists).
         self.redeclare: Callable[[], Awaitable[None]] | None = None
 
     def _card(self) -> bytes:
-        """This worker as ``Inspector.workers()`` shows it."""
-        if self._card_bytes is None:
-            self._card_bytes = encode_value(
-                {
-                    "id": self._id,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "queues": dict(self._weights),
-                    "concurrency": self._concurrency,
-                    "started_at": int(time.time() * 1000),
-                }
-            )
-        return self._card_bytes
+        """This worker as ``Inspector.workers()`` shows it, with what the dashboard
+        adds: the lease length (the registry holds this beat's expiry: the beat's time
+        follows) and when each held task was claimed (as of this beat)."""
+        if self._card_fields is None:
+            self._card_fields = {
+                "id": self._id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": dict(self._weights),
+                "concurrency": self._concurrency,
+                "started_at": int(time.time() * 1000),
+                "lease_ttl": self._ttl,
+            }
+        return encode_value({**self._card_fields, "held": self._held.since()})
 
     async def renew(self) -> None:
         sent = time.monotonic()

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from .._flows import End, parse_end
 from .._redis import scripts
 from .._redis.broker import Broker
 from .._redis.keys import QueueKeys, done_channel
@@ -69,6 +70,7 @@ class Outcomes:
         lease: Lease,
         claims: Dispatcher,
         wake_forwarder: Callable[[int], None],
+        flow_ends: Callable[[Mapping[str, list[End]]], None] = lambda ends: None,
     ) -> None:
         self._broker = broker
         self._keys = keys
@@ -80,6 +82,9 @@ class Outcomes:
         self._lease = lease
         self._claims = claims
         self._wake_forwarder = wake_forwarder
+        # Hands the flow pump the ends of workflow steps (queue -> ends) it wrote; an
+        # empty mapping just wakes it (to sweep the outboxes).
+        self._flow_ends = flow_ends
         self._acks: Acks = {}
         self._ack_event = anyio.Event()
         # Tasks cancelled by the shutdown, to go back to the head of their queues.
@@ -138,7 +143,7 @@ class Outcomes:
         call = scripts.fail(
             self._keys[c.queue], self._leases[c.queue], c.id, c.token, kind, now_ms=now,
             day=today(), due_ms=due, error=o.error[:4000], digest=c.digest,
-            counted=kind not in _NOT_COUNTED,
+            counted=kind not in _NOT_COUNTED, step=c.step,
         )  # fmt: skip
         notices = []
         if kind is Kind.ARCHIVE or kind is Kind.REVOKE:
@@ -159,6 +164,8 @@ class Outcomes:
                     c.id, c.body.type, c.queue, kind,
                 )  # fmt: skip
             return
+        if c.step:
+            self._flow_ends({})  # a step's end: the pump records it from the outbox
         if kind is Kind.REVOKE:
             log.info("task %s (%s) on %s: revoked", c.id, c.body.type, c.queue)
             return
@@ -214,6 +221,8 @@ class Outcomes:
             replies, retried = [[] for _ in batch], True
             self._audit.mark(batch)
         self._acked(batch, replies[: len(calls)], retried)
+        if any(c.step for items in batch.values() for c, _ in items):
+            self._flow_ends(_step_ends(batch, replies[: len(calls)], retried))
         if claims and not retried:
             await self._claims.claimed(plan, replies[len(calls) : len(calls) + len(claims)])
         elif plan:
@@ -229,7 +238,8 @@ class Outcomes:
             full: list[Any] = []
             for c, result in items:
                 if c.body.retention > 0 or c.digest:
-                    full += [c.id, c.token, int(c.body.retention * 1000), result, c.digest]
+                    retention = int(c.body.retention * 1000)
+                    full += [c.id, c.token, retention, result, c.digest, c.step]
                 else:
                     plain += [c.id, c.token]
             calls.append(scripts.ack(self._keys[q], self._leases[q], now, day, plain, full))
@@ -295,3 +305,25 @@ def _log_stale_acks(queue: str, ids: Sequence[bytes], retried: bool) -> None:
         len(ids),
         queue,
     )
+
+
+def _step_ends(
+    batch: Acks, stale: Sequence[Sequence[bytes]], retried: bool
+) -> dict[str, list[End]]:
+    """The workflow steps these acks completed, by queue, with their results: what the
+    ack scripts pushed on the queues' outboxes. Not after a retried write (an earlier try
+    may have written them, and the replies say nothing of it): the pump's sweep finds
+    those in the outboxes."""
+    ends: dict[str, list[End]] = {}
+    if retried:
+        return ends
+    for (q, items), refused in zip(batch.items(), stale, strict=True):
+        bad = set(refused)
+        done = [
+            parse_end(f"{c.step}|completed", result)
+            for c, result in items
+            if c.step and c.id.encode() not in bad
+        ]
+        if done:
+            ends[q] = done
+    return ends

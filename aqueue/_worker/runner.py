@@ -11,8 +11,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -29,6 +29,8 @@ _NO_HEADERS: dict[str, str] = {}
 RetryDelay = Callable[[int, BaseException, TaskInfo], float]
 IsFailure = Callable[[BaseException], bool]
 OnError = Callable[[Context, BaseException], Any]
+# Told (queue, task type) of each task whose type no handler serves.
+OnUnknown = Callable[[str, str], Awaitable[None]]
 
 
 _scope_class: type[anyio.CancelScope] | None = None
@@ -50,6 +52,12 @@ def deadline_scope(seconds: float) -> anyio.CancelScope:
 def today() -> str:
     """The UTC day whose stats (``p:<day>``, ``f:<day>``) an attempt ending now counts in."""
     return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+# Seconds at most between two tries of a task whose type no handler serves, whatever the
+# retry policy says: it is most likely waiting for a newer worker (a rolling deploy), which
+# should get it within a minute, not after the default back-off's days. docs/options.md.
+UNKNOWN_TYPE_MAX_DELAY = 60.0
 
 
 def default_retry_delay(retry_count: int, error: BaseException, task: TaskInfo) -> float:
@@ -94,6 +102,7 @@ class Claimed:
         "reason",
         "retried",
         "scope",
+        "step",
         "token",
     )
 
@@ -108,10 +117,12 @@ class Claimed:
         retried: int,
         priority: int = 0,
         limit_key: str = "",
+        step: str = "",
     ) -> None:
         self.queue = queue
         self.priority = priority
         self.limit_key = limit_key
+        self.step = step  # "<flow id>:<index>" for a workflow's step
         self.id = id
         self.token = token
         self.max_retry = max_retry
@@ -179,12 +190,14 @@ class Runner:
         is_failure: IsFailure | None,
         on_error: OnError | None,
         limiter: anyio.CapacityLimiter,
+        on_unknown: OnUnknown | None = None,
     ) -> None:
         self.mux = mux
         self.retry_delay = retry_delay or default_retry_delay
         self.is_failure = is_failure
         self.on_error = on_error
         self.limiter = limiter
+        self.on_unknown = on_unknown
 
     async def run(self, task: Claimed, progress: ProgressSink | None) -> Outcome:
         if task.reason is not None:  # cancelled (e.g. shutdown) before it could start
@@ -192,8 +205,13 @@ class Runner:
         body = task.body
         entry = self.mux.resolve(body.type)
         if entry is None:
+            if self.on_unknown is not None:  # noted for `aqueue stats` and the dashboard
+                await self.on_unknown(task.queue, body.type)
             # Retried, not archived: a newer worker may know this type.
-            return await self._failed(task, self._unknown(body.type), None)
+            outcome = await self._failed(task, self._unknown(body.type), None)
+            if outcome.delay > UNKNOWN_TYPE_MAX_DELAY:
+                outcome = replace(outcome, delay=UNKNOWN_TYPE_MAX_DELAY)
+            return outcome
         now = time.time()
         limit = body.timeout or math.inf
         if body.deadline:
@@ -334,7 +352,18 @@ def _context(task: Claimed, progress: ProgressSink | None, now: float, limit: fl
         progress=progress,
         priority=task.priority,
         limit_key=task.limit_key or None,
+        flow_id=task.step.rpartition(":")[0] or None,
+        inputs=_inputs(task),
     )
+
+
+def _inputs(task: Claimed) -> Any:
+    """``ctx.inputs``: a workflow step's dependencies' results when it has a payload of its
+    own (else they are its payload); ``[]`` for a step without dependencies."""
+    if not task.step:
+        return None
+    inputs = task.body.inputs
+    return inputs if inputs is not None else []
 
 
 def _timed_out(body: Body, limit: float) -> TimeoutError:

@@ -9,8 +9,10 @@ and shuts down gracefully. Every part reports its server calls to one ``Outage``
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -24,11 +26,12 @@ from .._mux import Mux
 from .._redis import scripts
 from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, Broker, ServerLike
 from .._redis.keys import QueueKeys, queue_keys
-from .._task import check_queue_name, seconds
+from .._task import DEFAULT_QUEUE, check_queue_name, seconds
 from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from .audit import LeaseAudit
 from .boot import Boot
 from .claims import BLOCK_SECONDS, Dispatcher
+from .flows import FlowPump
 from .forwarder import Forwarder
 from .held import Held
 from .janitor import Janitor
@@ -41,6 +44,7 @@ from .reaper import Reaper
 from .runner import IsFailure, OnError, Reason, RetryDelay, Runner
 from .scheduler import Scheduler
 from .slots import Slots
+from .unknown import UnknownTypes
 
 log = logging.getLogger("aqueue.worker")
 
@@ -88,7 +92,11 @@ class Worker:
             "scheduler": scheduler, "timeout": timeout, "batch_size": batch_size,
             "max_archived": max_archived, "archive_ttl": archive_ttl, "prefix": prefix,
         }  # fmt: skip
-        self.queues = _weights(queues)
+        self.queues = _weights(queues, mux)
+        # Without queues=, the worker serves every queue its mux's handlers name; with
+        # them, the handler queues it leaves out are named once at start (a WARNING).
+        self._queues_given = queues is not None
+        self._unserved = sorted(handler_queues(mux) - set(self.queues))
         self.concurrency = concurrency
         self.strict_priority = strict_priority
         self.shutdown_timeout = seconds(shutdown_timeout, "shutdown_timeout")
@@ -118,6 +126,7 @@ class Worker:
             is_failure=is_failure,
             on_error=on_error,
             limiter=anyio.CapacityLimiter(concurrency),
+            on_unknown=UnknownTypes(self._broker).note,
         )
         self._outage = Outage(log)
         self._outer: anyio.abc.TaskGroup | None = None
@@ -196,6 +205,22 @@ class Worker:
         """Cancel the handler of a task this worker runs, if it runs it."""
         return self._parts is not None and self._parts.held.cancel(queue, task_id)
 
+    def not_ready(self) -> str | None:
+        """Why this worker cannot serve tasks now, or None when it can: what its
+        ``/readyz`` health probe answers. Read on the worker's event loop."""
+        parts = self._parts
+        if not self._running or parts is None:
+            return "not running"
+        if self._stopping:
+            return "shutting down"
+        if parts.lease.valid_until == math.inf:  # never renewed: no first contact yet
+            return "waiting for the server"
+        if self._outage.down:
+            return "cannot reach the server"
+        if time.monotonic() >= parts.lease.valid_until:
+            return f"lease not renewed within lease_ttl ({self.lease_ttl:g} s)"
+        return None
+
     @property
     def _held(self) -> Held:
         """The tasks this worker holds (``aqueue.testing`` looks)."""
@@ -238,13 +263,21 @@ class Worker:
 
     async def _begin(self, parts: _Parts, wait: bool) -> bool:
         """First contact (``Boot.start``); False if ``stop()`` came first."""
+        if self._unserved:
+            log.warning(
+                "worker %s does not serve queue(s) %s, named by its mux's handlers: their "
+                "tasks wait for a worker that does (add them to queues=, or -q NAME=WEIGHT)",
+                self.id,
+                ", ".join(self._unserved),
+            )
         with parts.start_scope:
             await parts.boot.start(wait)
             log.info(
-                "worker %s serving queues %s with concurrency %d",
+                "worker %s serving queues %s with concurrency %d%s",
                 self.id,
                 dict(self.queues),
                 self.concurrency,
+                "" if self._queues_given else " (the queues its mux's handlers name)",
             )
             return True
         log.info("worker %s stopped before its server answered", self.id)
@@ -255,6 +288,7 @@ class Worker:
             background.start_soon(parts.lease.run)
             background.start_soon(parts.reaper.run)
             background.start_soon(parts.forwarder.run)
+            background.start_soon(parts.flows.run)
             background.start_soon(parts.outcomes.run)
             background.start_soon(parts.listener.run)
             if self.scheduler and self.mux.cron_entries:
@@ -328,6 +362,7 @@ class _Parts:
             lease_ttl=w.lease_ttl, held=held, audit=audit, outage=outage,
         )  # fmt: skip
         self.forwarder = forwarder = Forwarder(broker, keys, outage)
+        self.flows = flows = FlowPump(broker, list(keys), outage)
         janitor = Janitor(broker, keys, max_archived=w.max_archived, archive_ttl=w.archive_ttl)
         self.reaper = Reaper(broker, keys, lease_ttl=w.lease_ttl, janitor=janitor, outage=outage)
         self.listener = listener = CancelListener(
@@ -351,13 +386,24 @@ class _Parts:
         self.outcomes = outcomes = Outcomes(
             broker, keys, leases, held=held, slots=slots, audit=audit, outage=outage,
             lease=lease, claims=dispatcher, wake_forwarder=forwarder.wake,
+            flow_ends=flows.ended,
         )  # fmt: skip
         self.processor = Processor(handoff, w._runner, broker, keys, outcomes.record)
 
 
-def _weights(queues: Mapping[str, int | float] | Sequence[str] | None) -> dict[str, float]:
+def handler_queues(mux: Mux) -> set[str]:
+    """The queues the handlers of ``mux`` name (their ``queue`` option, else
+    ``default``)."""
+    entries = (mux.resolve(name) for name in mux.names)
+    return {e.handler.options.get("queue") or DEFAULT_QUEUE for e in entries if e is not None}
+
+
+def _weights(
+    queues: Mapping[str, int | float] | Sequence[str] | None, mux: Mux
+) -> dict[str, float]:
     if queues is None:
-        return {"default": 1.0}
+        # Every queue the handlers name, and default, each with weight 1.
+        return {q: 1.0 for q in sorted(handler_queues(mux) | {DEFAULT_QUEUE})}
     if isinstance(queues, str):
         raise InvalidOption(f"queues must be a mapping of name to weight or a list, got {queues!r}")
     items = list(queues.items()) if isinstance(queues, Mapping) else [(q, 1) for q in queues]

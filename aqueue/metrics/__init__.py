@@ -1,4 +1,4 @@
-"""Prometheus metrics (the ``aqueue[prometheus]`` extra).
+"""Prometheus metrics (the ``aqueue-redis[prometheus]`` extra).
 
 Two sources, because they answer different questions:
 
@@ -30,7 +30,7 @@ try:
     import prometheus_client  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "aqueue.metrics needs prometheus-client: pip install 'aqueue[prometheus]'"
+        "aqueue.metrics needs prometheus-client: pip install 'aqueue-redis[prometheus]'"
     ) from exc
 
 from ._export import DEFAULT_PORT, Exporter, asgi_app, serve

@@ -1,6 +1,6 @@
-"""``QueueCollector``: what the server holds per queue, and how busy each declared
-limit is, as Prometheus gauges, read in the background so that a scrape never waits for
-the server."""
+"""``QueueCollector``: what the server holds per queue, how busy each declared limit
+is, and how many workflows started and ended, as Prometheus metrics, read in the
+background so that a scrape never waits for the server."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import anyio.abc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
+from .. import _minutes as minutes
 from .._inspector import Inspector
 from .._limits import LimitInfo
+from .._reads import text
 from .._redis.broker import DEFAULT_PREFIX, DEFAULT_URL, ServerLike
+from .._redis.keys import flow_stats_key
 from .._task import QueueInfo, State, check_queue_name, seconds
 from ..errors import AqueueError, BrokerUnavailable, InvalidOption, QueueNotFound
 
@@ -24,7 +27,7 @@ log = logging.getLogger("aqueue.metrics")
 
 
 class _Snapshot:
-    __slots__ = ("at", "infos", "limits", "up")
+    __slots__ = ("at", "flows", "infos", "limits", "up")
 
     def __init__(
         self,
@@ -32,11 +35,16 @@ class _Snapshot:
         up: bool,
         infos: tuple[QueueInfo, ...],
         limits: tuple[LimitInfo, ...] = (),
+        flows: dict[str, int] | None = None,
     ) -> None:
         self.at, self.up, self.infos, self.limits = at, up, infos, limits
+        self.flows = flows
 
 
 _STATES = tuple(s.value for s in State)
+# The fields of the flow counters' hash (``flow_stats_key``): flows started, and ended
+# per final state.
+_FLOW_COUNTS = ("started", "completed", "failed", "cancelled")
 
 
 class QueueCollector:
@@ -54,6 +62,9 @@ class QueueCollector:
     ``aqueue_limit_concurrency``        gauge    the concurrency limit (per limit key)
     ``aqueue_limit_rate``               gauge    task starts the rate limit allows a second
     ``aqueue_limit_held_back_total``    counter  claims the limit held back (every worker)
+    ``aqueue_flows_total``              counter  workflows per ``state``: ``started``, and
+                                                 ended ``completed``, ``failed``,
+                                                 ``cancelled``
     ``aqueue_collector_up``             gauge    1 if the last refresh read the server
     ``aqueue_collector_last_refresh_timestamp_seconds``  gauge  when it last did
     ==================================  =======  =============================================
@@ -62,7 +73,9 @@ class QueueCollector:
     ``aqueue_limit_running`` and ``aqueue_limit_concurrency`` for those with a
     concurrency limit (a rate limit takes no slots), ``aqueue_limit_rate`` for those with
     a rate limit. They are read in the same refresh as the queues; when that read
-    fails, they disappear from the report while the queue series stay.
+    fails, they disappear from the report while the queue series stay. So does
+    ``aqueue_flows_total`` (the server's counts, over every queue, whatever ``queues``
+    names), whose four series are there, 0 included, whenever they were read.
 
     ``async with collector:`` takes a first snapshot, then refreshes one every
     ``interval`` seconds until the block exits; or run ``collector.run()`` in a task
@@ -72,6 +85,9 @@ class QueueCollector:
 
     ``queues=None`` reports every queue the server knows (``Inspector.queues``); a
     queue you name that has seen no task yet reports zeros.
+
+    Each refresh also keeps a sample of each queue for the dashboard's per-minute
+    chart (``aqueue/_minutes.py``: one small hash per queue, written best effort).
     """
 
     def __init__(
@@ -93,6 +109,7 @@ class QueueCollector:
         self._snapshot: _Snapshot | None = None
         self._failing = False
         self._limits_failing = False
+        self._flows_failing = False
         self._tg: anyio.abc.TaskGroup | None = None
         if registry is not None:
             registry.register(self)
@@ -116,8 +133,11 @@ class QueueCollector:
             log.warning("reading the queues for metrics again")
         self._failing = False
         limits = await self._limits()
+        flows = await self._flow_counts()
         # One reference assignment: a scrape on another thread sees the old or the new.
-        self._snapshot = _Snapshot(time.time(), True, infos, limits)
+        self._snapshot = _Snapshot(time.time(), True, infos, limits, flows)
+        # Feeds the dashboard's per-minute chart (aqueue/_minutes.py); best effort.
+        await minutes.record(self.inspector.broker, infos)
 
     def _last_success(self) -> float:
         return self._snapshot.at if self._snapshot is not None else 0.0
@@ -153,6 +173,24 @@ class QueueCollector:
         if self.queues is not None:
             limits = [x for x in limits if x.queue in self.queues]
         return tuple(limits)
+
+    async def _flow_counts(self) -> dict[str, int] | None:
+        """The server's workflow counters; None when they cannot be read (the queue
+        metrics do not depend on them)."""
+        b = self.inspector.broker
+        try:
+            raw = await b.run(lambda: b.redis.hgetall(flow_stats_key(b.prefix)))
+            counts = {text(k): int(v) for k, v in raw.items()}
+        except Exception as exc:
+            if not self._flows_failing:
+                trace = not isinstance(exc, BrokerUnavailable)
+                log.warning("cannot read the flow counters for metrics: %s", exc, exc_info=trace)
+            self._flows_failing = True
+            return None
+        if self._flows_failing:
+            log.warning("reading the flow counters for metrics again")
+        self._flows_failing = False
+        return {state: counts.get(state, 0) for state in _FLOW_COUNTS}
 
     async def run(self) -> None:
         """Refresh every ``interval`` seconds until cancelled."""
@@ -218,6 +256,8 @@ class QueueCollector:
                 if x.rate_limit is not None:
                     f.limit_rate.add_metric(labels, x.rate_limit.limit / x.rate_limit.per)
                 f.held_back.add_metric(labels, float(x.held_back))
+            for state, n in (snap.flows or {}).items():
+                f.flows.add_metric([state], float(n))
         yield from f.all()
 
 
@@ -272,6 +312,12 @@ class _Families:
             "Claims the limit held back since it was declared, by every worker.",
             labels=limit,
         )
+        self.flows = CounterMetricFamily(
+            "aqueue_flows",
+            "Workflows started, and ended per final state (completed, failed, cancelled), "
+            "on the server.",
+            labels=["state"],
+        )
         self.up = GaugeMetricFamily(
             "aqueue_collector_up", "1 if the last refresh of the queue metrics read the server."
         )
@@ -284,5 +330,5 @@ class _Families:
         return (
             self.tasks, self.paused, self.latency, self.memory, self.processed, self.failed,
             self.limit_running, self.limit_concurrency, self.limit_rate, self.held_back,
-            self.up, self.refreshed,
+            self.flows, self.up, self.refreshed,
         )  # fmt: skip

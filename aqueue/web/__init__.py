@@ -1,4 +1,4 @@
-"""The web dashboard (``pip install 'aqueue[web]'``): ``dashboard(url)`` is an ASGI app to
+"""The web dashboard (``pip install 'aqueue-redis[web]'``): ``dashboard(url)`` is an ASGI app to
 serve with ``aqueue dash`` or mount in a Starlette or FastAPI application."""
 
 from ._app import DashboardApp, dashboard

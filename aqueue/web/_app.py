@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,10 +29,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _format
 from .._inspector import Inspector
+from .._reads import read_holder, read_live_workers
 from .._redis.broker import ServerLike
 from .._task import ACTION_STATES, Action, State, actions_for
 from ..errors import AqueueError, BrokerUnavailable, QueueNotFound, TaskNotFound
-from . import _views
+from . import _flowpages, _oncall, _views
 from ._security import CSRF_COOKIE, CSRF_FIELD, AuthMiddleware, Csrf, check_auth
 
 HERE = Path(__file__).parent
@@ -151,9 +153,10 @@ class Dashboard:
         totals = {
             key: sum(getattr(i, key) for i in infos) for key in (*STATES, "processed", "failed")
         }
+        watch = await _oncall.watch(inspector, infos)
         return self.render(
             request, "overview.html", queues=infos, totals=totals,
-            chart=_views.chart(days) if days else None, nav="overview",
+            chart=_views.chart(days) if days else None, watch=watch, nav="overview",
         )  # fmt: skip
 
     async def queue(self, request: Request) -> Response:
@@ -164,28 +167,65 @@ class Dashboard:
             return self.problem(request, 400, f"unknown state {state!r}: use one of "
                                 + ", ".join(STATES))  # fmt: skip
         page = _page(request.query_params.get("page"))
+        task_type = request.query_params.get("type", "").strip()
         info = await inspector.queue_info(queue)
-        tasks = await inspector.list_tasks(queue, state, page=page, size=PAGE_SIZE)
-        count = getattr(info, state)
+        scanned = None
+        if task_type:  # the matches among the first TYPE_SCAN tasks, paged here
+            matching, scanned = await _oncall.of_type(inspector, queue, state, task_type)
+            count = len(matching)
+            tasks = matching[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        else:
+            tasks = await inspector.list_tasks(queue, state, page=page, size=PAGE_SIZE)
+            count = getattr(info, state)
         pages = max(1, math.ceil(count / PAGE_SIZE))
         history = list(reversed(await inspector.history(queue, HISTORY_DAYS)))
+        watch = await _oncall.watch(inspector, [info])
         return self.render(
             request, "queue.html", info=info, state=state, tasks=tasks, page=page,
-            pages=pages, count=count, chart=_views.chart(history), nav="overview",
+            pages=pages, count=count, chart=_views.chart(history), task_type=task_type,
+            scanned=scanned, watch=watch, nav="overview",
         )  # fmt: skip
 
     async def task(self, request: Request) -> Response:
         queue, task_id = request.path_params["queue"], request.path_params["task_id"]
-        task = await self.inspectors.get().get_task(queue, task_id)
-        return self.render(request, "task.html", task=task, nav="overview")
+        inspector = self.inspectors.get()
+        task = await inspector.get_task(queue, task_id)
+        holder = None
+        if task.state == State.ACTIVE:
+            holder = await read_holder(inspector.broker, queue, task_id)
+        return self.render(request, "task.html", task=task, holder=holder, nav="overview")
+
+    async def search(self, request: Request) -> Response:
+        """A task by id, in the queue given or in every queue: its page when there is
+        one, the list when several queues hold that id."""
+        task_id = request.query_params.get("id", "").strip()
+        queue = request.query_params.get("queue", "").strip() or None
+        if not task_id:
+            return self.problem(request, 400, "give a task id to look for (?id=...)")
+        found = await _oncall.find_task(self.inspectors.get(), task_id, queue)
+        if len(found) == 1:
+            t = found[0]
+            base = request.scope.get("root_path", "").rstrip("/")
+            url = f"{base}/queues/{quote(t.queue)}/tasks/{quote(t.id, safe='')}"
+            return RedirectResponse(url, status_code=303)
+        if not found:
+            where = f"queue {queue!r}" if queue else "any queue"
+            return self.problem(request, 404, f"no task {task_id!r} in {where}")
+        return self.render(request, "search.html", task_id=task_id, tasks=found)
 
     async def workers(self, request: Request) -> Response:
-        workers = await self.inspectors.get().workers()
-        return self.render(request, "workers.html", workers=workers, nav="workers")
+        workers = await read_live_workers(self.inspectors.get().broker)
+        return self.render(request, "workers.html", workers=workers, now=time.time(),
+                           nav="workers")  # fmt: skip
 
     async def cron(self, request: Request) -> Response:
-        entries = await self.inspectors.get().cron_entries()
-        return self.render(request, "cron.html", entries=entries, nav="cron")
+        inspector = self.inspectors.get()
+        entries = await inspector.cron_entries()
+        # A last run is linked only while its task exists (retention 0 deletes it).
+        kept = await _oncall.existing(
+            inspector, [(e.queue, e.history[0].task_id) for e in entries if e.history]
+        )
+        return self.render(request, "cron.html", entries=entries, kept=kept, nav="cron")
 
     async def limits(self, request: Request) -> Response:
         limits = await self.inspectors.get().limits()
@@ -371,6 +411,8 @@ def dashboard(
         Route("/workers", dash.workers),
         Route("/cron", dash.cron),
         Route("/limits", dash.limits),
+        *_flowpages.FlowPages(dash).routes(),
+        Route("/search", dash.search),
         Route(queue, dash.queue),
         Route(queue + "/tasks/{task_id}", dash.task),
         Route(queue + "/tasks/{task_id}/{action}", dash.task_action, methods=["POST"]),

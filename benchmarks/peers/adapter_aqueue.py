@@ -20,7 +20,8 @@ from aqueue._redis.keys import queue_keys
 from ..tasks import Item, Stamp
 from .kit import PROBE, Producer, Settled
 
-DISTRIBUTIONS = ("aqueue", "redis", "hiredis", "msgspec")
+# Its distribution is aqueue-redis (`aqueue` on PyPI is another project).
+DISTRIBUTIONS = ("aqueue-redis", "redis", "hiredis", "msgspec")
 BATCH_API = "Client.enqueue_many"
 # Chosen: a blocking pool of 100 connections, as in the aqueue suite's enqueue_gather:
 # redis-py 8's default pool refuses a 101st concurrent connection, which 1000 gathered

@@ -36,7 +36,9 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 PEERS = tuple(REQUIREMENTS)
 # aqueue itself, from this checkout (editable: the code measured is the code here).
-OWN: dict[str, tuple[str, ...]] = {"aqueue": ("-e", str(ROOT))}
+# Spelled --editable since the distribution became aqueue-redis: a changed stamp makes an
+# environment installed as "aqueue" before install it again under its new name.
+OWN: dict[str, tuple[str, ...]] = {"aqueue": ("--editable", str(ROOT))}
 
 
 def requirements(name: str) -> tuple[str, ...]:

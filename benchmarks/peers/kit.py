@@ -2,7 +2,8 @@
 
 An adapter module (``adapter_<system>.py``) provides:
 
-- ``DISTRIBUTIONS``: the distributions whose versions the report records;
+- ``DISTRIBUTIONS``: the distributions whose versions the report records, the system's
+  own first (its distribution name may differ from the system's: aqueue-redis);
 - ``BATCH_API``: the name of the system's batch enqueue call, or ``None``;
 - ``producer(url)``: an async context manager giving a connected ``Producer``;
 - ``worker(url, concurrency)``: an async context manager that serves the benchmark

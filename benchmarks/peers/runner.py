@@ -52,7 +52,8 @@ class System:
 
     @property
     def version(self) -> str:
-        return self.versions.get(self.name, "?")
+        """The system's own version: its distribution comes first (``kit``)."""
+        return next(iter(self.versions.values()), "?")
 
 
 class ChildFailed(Exception):
@@ -380,7 +381,7 @@ def describe(server: str, run: Run, systems: Sequence[System]) -> str:
     runs = f"median of {b.repeat} runs" if b.repeat > 1 else "one run"
     versions = "; ".join(
         f"{s.name} {s.version} ("
-        + ", ".join(f"{d} {v}" for d, v in s.versions.items() if d != s.name)
+        + ", ".join(f"{d} {v}" for d, v in list(s.versions.items())[1:])
         + ")"
         for s in systems
     )

@@ -13,14 +13,15 @@
 -- KEYS[11] failed_at HASH  id -> last failure time (ms)
 -- KEYS[12] progress  HASH  id -> encoded progress
 -- KEYS[13] cancels   SET   ids whose cancellation was asked (done now: forgotten)
--- KEYS[14..26] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
+-- KEYS[14..27] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] how many plain acks follow (no retention, no result, no unique lock)
--- ARGV[4..] the plain acks as pairs: id, token; then the others as groups of 5: id,
+-- ARGV[4..] the plain acks as pairs: id, token; then the others as groups of 6: id,
 --          token, retention (ms, 0 = delete now), encoded result ("" = none), unique
---          digest ("" = none). Plain acks are the common case: two arguments each
---          instead of five keep the call small.
+--          digest ("" = none), workflow step ("" = none: lib/flow.lua's report_step).
+--          Plain acks are the common case: two arguments each instead of six keep the
+--          call small.
 --
 -- Returns the ids whose token no longer matched (a stale worker's late ack): those
 -- tasks were recovered by a reaper or cancelled, and this ack must change nothing.
@@ -41,7 +42,7 @@ for i = FIRST, plain_end, 2 do
   ids[#ids + 1] = ARGV[i]
   tokens[#ids] = ARGV[i + 1]
 end
-for i = plain_end + 1, #ARGV, 5 do
+for i = plain_end + 1, #ARGV, 6 do
   ids[#ids + 1] = ARGV[i]
   tokens[#ids] = ARGV[i + 1]
   extra[#ids] = i
@@ -68,6 +69,7 @@ for n, id in ipairs(ids) do
       gone[#gone + 1] = id
     end
     release_unique(uniq, uniq_exp, i and ARGV[i + 4] or '', id)
+    if i then report_step(F, ARGV[i + 5], 'completed') end
   end
 end
 release(F, ended)

@@ -7,7 +7,7 @@
 -- KEYS[4] archived   ZSET  id -> archive time (ms)
 -- KEYS[5] uniq       HASH  unique digest -> id holding the lock
 -- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)
--- KEYS[7..19] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
+-- KEYS[7..20] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("pending", "scheduled",
 --         "retry")
@@ -30,8 +30,9 @@ local mode, target, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(A
 local sets = {scheduled = scheduled, retry = retry}
 
 local function archive(id)
-  local digest = digest_of(redis.call('HGET', tasks, id))
+  local _, digest, _, _, _, step = read_header(redis.call('HGET', tasks, id))
   archive_task(states, archived, uniq, uniq_exp, id, now, digest)
+  report_step(F, step, 'archived|archived by an operator')
 end
 
 return take(states, F, sets, mode, target, limit, archive)

@@ -12,7 +12,7 @@
 -- KEYS[7] uniq       HASH
 -- KEYS[8] uniq_exp   ZSET
 -- KEYS[9] cancels    SET   ids of active tasks whose cancellation was asked
--- KEYS[10..22] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
+-- KEYS[10..23] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] now (ms)
 -- ARGV[2] id
 --
@@ -42,6 +42,7 @@ else
 end
 redis.call('HSET', errors, id, 'cancelled')
 redis.call('HSET', failed_at, id, now)
-local digest = digest_of(redis.call('HGET', tasks, id))
+local _, digest, _, _, _, step = read_header(redis.call('HGET', tasks, id))
 archive_task(states, archived, uniq, uniq_exp, id, now, digest)
+report_step(F, step, 'archived|cancelled')
 return state

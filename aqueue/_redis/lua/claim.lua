@@ -6,7 +6,7 @@
 -- KEYS[3] paused     STRING exists while the queue is paused
 -- KEYS[4] leases     ZSET  worker id -> lease expiry (ms)
 -- KEYS[5] retried    HASH  id -> retry count
--- KEYS[6..18] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[6..19] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] N (max tasks to claim)
 -- ARGV[2] worker id
 -- ARGV[3] first sequence number for tokens (token = worker id .. "." .. seq)
@@ -31,7 +31,11 @@ local lease_exp = tonumber(redis.call('ZSCORE', leases, wid) or '0')
 if lease_exp <= now then return -2 end
 if redis.call('EXISTS', paused) == 1 then return -1 end
 
-local clock = server_ms()
+-- A queue that uses no flow control (no limit declared, no lane, no lane waiting for a
+-- window) has only its plain list: it is claimed at the cost it had before flow control.
+local plain = redis.call('EXISTS', F.limits, F.rot, F.wait, F.ready) == 0
+local clock = 0
+if not plain then clock = server_ms() end
 local held_back, wait_at, capped = 0, 0, 0
 local function waits_until(at)
   if at > 0 and (wait_at == 0 or at < wait_at) then wait_at = at end
@@ -53,10 +57,10 @@ if qspec and want > 0 then
     redis.call('HINCRBY', F.lanes, '#hb:q', 1)
   end
 end
-local typed = redis.call('HLEN', F.limits) > (qspec and 1 or 0)
+local typed = not plain and redis.call('HLEN', F.limits) > (qspec and 1 or 0)
 
 -- Lanes whose rate window moved on take their turn again.
-if want > 0 then
+if want > 0 and not plain then
   for _, lane in ipairs(redis.call('ZRANGEBYSCORE', F.wait, '-inf', clock, 'LIMIT', 0, 1000)) do
     redis.call('ZREM', F.wait, lane)
     if redis.call('HGET', F.lanes, lane) == 'w' then
@@ -159,7 +163,8 @@ end
 -- The plain list's turn: the oldest `k` ids at its right end.
 local fast_len = 0
 if want > 0 then fast_len = redis.call('LLEN', F.pending) end
-local fast_turn = tonumber(redis.call('HGET', F.lanes, '#fast') or '0')
+local fast_turn = 0
+if not plain then fast_turn = tonumber(redis.call('HGET', F.lanes, '#fast') or '0') end
 local function serve_fast(k, contested)
   local got = redis.call('LRANGE', F.pending, -k, -1)
   redis.call('LTRIM', F.pending, 0, -#got - 1)
@@ -222,6 +227,10 @@ end
 
 local FAST_SCORE = 9 * PRIO
 local visits = 0
+if plain and want > 0 and fast_len > 0 then
+  serve_fast(want, false)
+  visits = 2 * n + 32 -- nothing else to serve
+end
 while claimed < want and visits < 2 * n + 32 do
   visits = visits + 1
   local head = redis.call('ZRANGE', F.rot, 0, 0, 'WITHSCORES')
@@ -245,7 +254,13 @@ end
 
 if #active > 0 then call_chunked('HSET', states, active) end
 -- Work is left that this worker has no slot for: wake another.
-if claimed == n and n > 0 and (fast_len > 0 or redis.call('ZCARD', F.rot) > 0) then ring(F) end
+if claimed == n and n > 0 and (fast_len > 0 or (not plain and redis.call('ZCARD', F.rot) > 0)) then
+  ring(F)
+end
+if plain then
+  out[1] = -1 -- no rate window to wait for
+  return out
+end
 local first = redis.call('ZRANGE', F.wait, 0, 0, 'WITHSCORES')
 if first[2] then waits_until(tonumber(first[2])) end
 out[1] = wait_at > 0 and math.max(wait_at - clock, 1) or -1

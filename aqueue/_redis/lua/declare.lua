@@ -1,7 +1,7 @@
 -- declare: replace the limits declared for one queue (a worker starting: the latest
 -- started worker's declaration binds every worker's claims).
 --
--- KEYS[1..13] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[1..14] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV pairs: field ("q" for the queue, "t:<type>" for a task type), limit
 --      ("<rate limit> <rate per ms> <concurrency>", 0 = none)
 --

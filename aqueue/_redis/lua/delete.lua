@@ -14,7 +14,7 @@
 -- KEYS[11] uniq      HASH  unique digest -> id holding the lock
 -- KEYS[12] uniq_exp  ZSET
 -- KEYS[13] cancels   SET
--- KEYS[14..26] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
+-- KEYS[14..27] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("pending", "scheduled",
 --         "retry", "archived", "completed")

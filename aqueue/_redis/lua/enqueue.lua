@@ -4,18 +4,18 @@
 -- KEYS[2] scheduled  ZSET  id -> due time (ms)
 -- KEYS[3] tasks      HASH  id -> "<max_retry>|<unique digest>|<msgpack body>" (_codec)
 -- KEYS[4] states     HASH  id -> state ("pending", "scheduled", "@<token>" when active, ...)
--- KEYS[5] uniq       HASH  unique digest -> id holding the lock     } modes "unique" and
--- KEYS[6] uniq_exp   ZSET  unique digest -> lock expiry (ms)        } "cron" only
--- KEYS[7] cron       HASH  cron entry -> last tick enqueued (ms)    } mode "cron" only
--- KEYS[8] cronlog    LIST  "<entry>|<tick ms>|<id>", newest first   }
--- KEYS[9] bell       LIST  wakes an idle worker (lib/flow.lua)
--- KEYS[10..22] the flow-control keys (QueueKeys.flow()), only when a task of the call
+-- KEYS[5] bell       LIST  wakes an idle worker (lib/flow.lua)
+-- KEYS[6] uniq       HASH  unique digest -> id holding the lock     } modes "unique" and
+-- KEYS[7] uniq_exp   ZSET  unique digest -> lock expiry (ms)        } "cron" only
+-- KEYS[8] cron       HASH  cron entry -> last tick enqueued (ms)    } mode "cron" only
+-- KEYS[9] cronlog    LIST  "<entry>|<tick ms>|<id>", newest first   }
+-- KEYS[10..23] the flow-control keys (QueueKeys.flow()), only when a task of the call
 --         has a priority or a limit key: it waits in its lane (lib/flow.lua)
 -- ARGV[1] mode: "plain" (each task as 3 arguments: id, message, due), "unique" (each
 --         task as 5 arguments: id, message, due, unique digest ("" = none), unique ttl
 --         (ms)) or "cron" (one task of 5 arguments, for one tick of a cron entry); due is
---         ms, 0 = now. Every mode declares at least 9 keys; a key a mode does not use is
---         any key of the queue.
+--         ms, 0 = now. "plain" declares 5 keys, "unique" 7, "cron" 9; with the flow-control
+--         keys, 9 come first (a key a mode does not use is any key of the queue).
 -- ARGV[2] now (ms)
 -- ARGV[3..5] mode "cron" only: cron entry, cron tick (ms), how many cronlog items to keep
 -- ARGV[3.. or 6..] the tasks
@@ -32,7 +32,7 @@
 -- A task is checked and written as a unit, so a refused task writes nothing; the
 -- tasks of one call are independent (one refusal does not undo the others).
 local pending, scheduled, tasks, states = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local uniq, uniq_exp, cron, cronlog, bell = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local bell, uniq, uniq_exp, cron, cronlog = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local F = nil
 if #KEYS > 9 then F = flow_keys(10) end
 local mode, now = ARGV[1], tonumber(ARGV[2])

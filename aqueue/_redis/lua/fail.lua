@@ -14,7 +14,7 @@
 -- KEYS[12] progress  HASH  id -> encoded progress
 -- KEYS[13] results   HASH  id -> encoded result
 -- KEYS[14] cancels   SET   ids whose cancellation was asked
--- KEYS[15..27] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
+-- KEYS[15..28] the flow-control keys (QueueKeys.flow(), lib/flow.lua): slots are freed
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3] id
@@ -25,6 +25,7 @@
 -- ARGV[7] error text
 -- ARGV[8] unique digest ("" = none)
 -- ARGV[9] 1 to count the attempt as a failure in the stats, 0 not to
+-- ARGV[10] workflow step ("" = none): an end of the task is reported to its flow
 --
 -- Returns 1, or 0 when the token no longer matched (nothing was changed).
 -- include: flow
@@ -37,9 +38,11 @@ local uniq, uniq_exp, stats, retried, errors = KEYS[6], KEYS[7], KEYS[8], KEYS[9
 local failed_at, progress, results, cancels = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 local now, day, id, token, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local next_at, error_text, digest, counted = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local step = ARGV[10]
 if redis.call('HGET', states, id) ~= '@' .. token then return 0 end
 redis.call('LREM', lease, 1, id)
-release(flow_keys(15), {id})
+local F = flow_keys(15)
+release(F, {id})
 if redis.call('SREM', cancels, id) == 1 and action ~= 'revoke' then
   -- Cancelled while it ran: whatever it raised, it ends archived as cancelled.
   action = 'archive'
@@ -50,6 +53,7 @@ if action == 'revoke' then
   -- A final state: the unique lock goes with everything else.
   release_unique(uniq, uniq_exp, digest, id)
   forget_tasks({id}, tasks, states, retried, errors, failed_at, results, progress, cancels)
+  report_step(F, step, 'revoked|' .. error_text)
   return 1
 end
 redis.call('HSET', errors, id, error_text)
@@ -62,4 +66,5 @@ if action == 'retry' or action == 'again' then
   return 1
 end
 archive_task(states, archived, uniq, uniq_exp, id, now, digest)
+report_step(F, step, 'archived|' .. error_text)
 return 1

@@ -3,7 +3,7 @@
 -- KEYS[1] scheduled  ZSET  id -> due time (ms)
 -- KEYS[2] retry      ZSET  id -> next attempt time (ms)
 -- KEYS[3] states     HASH
--- KEYS[4..16] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[4..17] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] now (ms)
 -- ARGV[2] at most this many tasks per set and call (bounds the script's run time)
 --

@@ -8,7 +8,7 @@
 --
 -- KEYS[1] lease      LIST  the worker's lease list for this queue
 -- KEYS[2] states     HASH
--- KEYS[3..15] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[3..16] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1..] ids the worker holds (keep them)
 --
 -- Returns how many ids went back to the head of their lanes. No attempt is counted:

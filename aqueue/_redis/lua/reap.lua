@@ -11,8 +11,8 @@
 -- KEYS[9] uniq_exp   ZSET
 -- KEYS[10] cancels   SET   ids whose cancellation was asked
 -- KEYS[11] progress  HASH  id -> encoded progress (cleared: that attempt is over)
--- KEYS[12..24] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
--- KEYS[25..] the lease lists of the workers named in ARGV[3..], in the same order
+-- KEYS[12..25] the flow-control keys (QueueKeys.flow(), lib/flow.lua; tasks among them)
+-- KEYS[26..] the lease lists of the workers named in ARGV[3..], in the same order
 -- ARGV[1] now (ms)
 -- ARGV[2] today ("YYYY-MM-DD", UTC)
 -- ARGV[3..] worker ids whose lease looked expired to the caller
@@ -33,7 +33,7 @@ local F = flow_keys(12)
 local tasks = F.tasks
 local now, day = tonumber(ARGV[1]), ARGV[2]
 -- The lease list KEYS[FIRST_LEASE + i] belongs to the worker ARGV[FIRST_WORKER + i].
-local FIRST_LEASE, FIRST_WORKER = 25, 3
+local FIRST_LEASE, FIRST_WORKER = 26, 3
 local recovered, n_archived = 0, 0
 local archived_ids = {}
 for w = FIRST_WORKER, #ARGV do
@@ -49,7 +49,7 @@ for w = FIRST_WORKER, #ARGV do
       local msg = redis.call('HGET', tasks, id)
       if state and msg then
         if string.sub(state, 1, 1) == '@' then
-          local max_retry, digest = read_header(msg)
+          local max_retry, digest, _, _, _, step = read_header(msg)
           local n = redis.call('HINCRBY', retried, id, 1)
           redis.call('HSET', errors, id, 'worker lost: the lease of worker ' .. wid ..
             ' expired while the task was active')
@@ -60,6 +60,7 @@ for w = FIRST_WORKER, #ARGV do
           if cancelled then redis.call('HSET', errors, id, 'cancelled') end
           if n > max_retry or cancelled then
             archive_task(states, archived, uniq, uniq_exp, id, now, digest)
+            report_step(F, step, 'archived|' .. redis.call('HGET', errors, id))
             n_archived = n_archived + 1
             archived_ids[#archived_ids + 1] = id
           else

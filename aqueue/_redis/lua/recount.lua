@@ -8,7 +8,7 @@
 --   * Rate windows of limits with no recent start are dropped (`rlim` says when each
 --     window's last start grows old), so keys that come and go leave nothing behind.
 --
--- KEYS[1..13] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[1..14] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] now (server ms are read here; this is the worker's, unused by the rate part)
 -- ARGV[2] at most this many rate windows dropped per call
 --

@@ -5,7 +5,7 @@
 -- KEYS[1] lease      LIST  the worker's lease list for this queue
 -- KEYS[2] states     HASH
 -- KEYS[3] leases     ZSET  worker id -> lease expiry
--- KEYS[4..16] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
+-- KEYS[4..17] the flow-control keys (QueueKeys.flow(), lib/flow.lua)
 -- ARGV[1] 1 to release the whole lease (the worker is leaving), else 0
 -- ARGV[2] worker id
 -- ARGV[3..] pairs: id, token

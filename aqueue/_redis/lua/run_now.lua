@@ -5,7 +5,7 @@
 -- KEYS[2] scheduled  ZSET
 -- KEYS[3] retry      ZSET
 -- KEYS[4] archived   ZSET
--- KEYS[5..17] the flow-control keys (QueueKeys.flow(), lib/flow.lua): a task goes to
+-- KEYS[5..18] the flow-control keys (QueueKeys.flow(), lib/flow.lua): a task goes to
 --         the back of its lane, like an enqueue
 -- ARGV[1] "one" or "all"
 -- ARGV[2] one: the task id; all: the state to take tasks from ("scheduled", "retry",

@@ -19,7 +19,7 @@ local PRIO = 1099511627776 -- 2^40: a priority's band of turn scores in `rot`
 -- The flow-control keys, from KEYS[first] on, in QueueKeys.flow() order.
 local function flow_keys(first)
   local names = {'pending', 'tasks', 'ready', 'laneof', 'lanes', 'rot', 'wait', 'running',
-                 'hold', 'rlog', 'rlim', 'limits', 'bell'}
+                 'hold', 'rlog', 'rlim', 'limits', 'bell', 'outbox'}
   local F = {specs = {}}
   for i, name in ipairs(names) do F[name] = KEYS[first + i - 1] end
   return F
@@ -229,4 +229,11 @@ local function count_starts(F, limit, s, k, now)
     call_chunked('ZADD', F.rlog, entries)
     redis.call('ZADD', F.rlim, now + s[2], limit)
   end
+end
+
+-- A workflow step (`step`: "<flow id>:<index>", "" for a plain task) ended: `kind` is
+-- completed, archived or revoked. Its flow is told by whoever drains the outbox
+-- (_flows.py): the flow's keys live in another slot.
+local function report_step(F, step, kind)
+  if step and step ~= '' then redis.call('LPUSH', F.outbox, step .. '|' .. kind) end
 end
