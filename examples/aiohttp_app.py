@@ -70,6 +70,10 @@ async def signup(request: web.Request) -> web.Response:
         return web.json_response({"detail": str(exc)}, status=422)
     try:
         info = await request.app[CLIENT].enqueue(send_welcome, body)
+    except aqueue.PayloadTooLarge as exc:  # the client's fault: too big to enqueue
+        return web.json_response({"detail": str(exc)}, status=413)
+    except (aqueue.InvalidPayload, aqueue.InvalidOption) as exc:
+        return web.json_response({"detail": str(exc)}, status=422)
     except aqueue.BrokerUnavailable:
         return web.json_response({"detail": "queue unavailable, retry"}, status=503)
     return web.json_response({"id": info.id}, status=202)

@@ -8,6 +8,8 @@ it acked (gone from the queue's states, counted in the processed total).
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -186,6 +188,20 @@ async def test_aiohttp_bad_signup_body_gets_422_and_enqueues_nothing(
         )
         assert response.status == 422
         assert "id" not in await response.json()
+    assert_nothing_enqueued(r, aiohttp_app.sent, before)
+
+
+@pytest.mark.anyio
+async def test_aiohttp_signup_too_large_gets_413_and_enqueues_nothing(
+    aqueue_url: str, r: redis.Redis
+) -> None:
+    before = dict(aiohttp_app.sent)
+    big = {"email": "ada@example.com", "name": "A" * (2 * 1024 * 1024)}
+    data = io.BytesIO(json.dumps(big).encode())
+    async with AiohttpTestClient(TestServer(aiohttp_app.create_app(aqueue_url))) as http:
+        headers = {"content-type": "application/json"}
+        response = await http.post("/signup", data=data, headers=headers)
+        assert response.status == 413
     assert_nothing_enqueued(r, aiohttp_app.sent, before)
 
 
