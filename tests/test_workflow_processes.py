@@ -38,16 +38,18 @@ def worker(env: dict[str, str], target: str = f"{APP}:worker") -> Iterator[subpr
 
 @pytest.mark.parametrize("point", ["after_handler", "before_record", "before_write"])
 async def test_a_step_is_released_once_whatever_point_its_worker_dies_at(
-    aqueue_url: str, tmp_path: Path, point: str
+    url: str, aqueue_url: str, tmp_path: Path, point: str
 ) -> None:
-    r = redis.Redis.from_url(aqueue_url)
+    """On every server kind; on the cluster, the two steps' queues are on different
+    masters from each other and from the flow's own keys."""
+    r = redis.Redis.from_url(aqueue_url)  # the recording server
     r.flushdb()
     env = {
-        **os.environ, "AQUEUE_URL": aqueue_url, "FLOWTEST_URL": aqueue_url,
+        **os.environ, "AQUEUE_URL": url, "FLOWTEST_URL": aqueue_url,
         "FLOWTEST_CRASH_AT": point, "FLOWTEST_MARK": str(tmp_path / "crashed"),
     }  # fmt: skip
-    async with aqueue.Client(aqueue_url) as client:
-        flow = aqueue.chain(aqueue.Job("first", 1), aqueue.Job("second"))
+    async with aqueue.Client(url) as client:
+        flow = aqueue.chain(aqueue.Job("first", 1), aqueue.Job("second", queue="reports"))
         info = await client.enqueue_flow(flow)
         with worker(env) as doomed:
             await wait_for(lambda: doomed.poll() is not None, timeout=20)
@@ -64,11 +66,13 @@ async def test_a_step_is_released_once_whatever_point_its_worker_dies_at(
     assert done.state == "completed" and done.done == 2
 
 
-async def test_a_group_of_2000_with_one_fan_in_across_two_processes(aqueue_url: str) -> None:
-    r = redis.Redis.from_url(aqueue_url)
+async def test_a_group_of_2000_with_one_fan_in_across_two_processes(
+    url: str, aqueue_url: str
+) -> None:
+    r = redis.Redis.from_url(aqueue_url)  # the recording server
     r.flushdb()
-    env = {**os.environ, "AQUEUE_URL": aqueue_url, "FLOWTEST_URL": aqueue_url}
-    async with aqueue.Client(aqueue_url) as client:
+    env = {**os.environ, "AQUEUE_URL": url, "FLOWTEST_URL": aqueue_url}
+    async with aqueue.Client(url) as client:
         members = aqueue.group(aqueue.Job("member", i) for i in range(2000))
         info = await client.enqueue_flow(aqueue.chain(members, aqueue.Job("count")))
         assert info.total == 2001

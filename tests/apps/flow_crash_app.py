@@ -30,7 +30,9 @@ def crash_once(point: str) -> None:
 
 
 mux = aqueue.Mux()
-worker = aqueue.Worker(mux, QUEUE_URL, lease_ttl=2, concurrency=20)
+worker = aqueue.Worker(
+    mux, QUEUE_URL, lease_ttl=2, concurrency=20, queues={"default": 1, "reports": 1}
+)
 
 
 async def after_handler(ctx: aqueue.Context, call_next: Any) -> Any:
