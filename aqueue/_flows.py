@@ -401,7 +401,9 @@ async def sweep_due(broker: Broker, count: int = 100) -> int:
     """Release what flows left on their outboxes (a crashed releaser's work); forget
     the flows that ended. How many steps were written."""
     key = flows_due_key(broker.prefix)
-    picked: Any = await broker.run(lambda: broker.redis.srandmember(key, count))
+    # Through the hot path's connections (a raw command): an idle worker's periodic
+    # sweep keeps no extra connection of its own awake.
+    (picked,) = await broker.run(lambda: broker.scripts([], [("SRANDMEMBER", key, count)]))
     ids = [text(i) for i in picked or []]
     written = 0
     for flow_id in ids:

@@ -55,6 +55,8 @@ RAW_COMMANDS = frozenset(
         "LPUSH",
         "RPUSH",
         "LREM",
+        "LLEN",
+        "SRANDMEMBER",
         "BLMOVE",
         "BLPOP",
     }

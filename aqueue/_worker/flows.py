@@ -21,7 +21,7 @@ from ..errors import BrokerUnavailable
 from .outage import Outage
 
 # Seconds between sweeps of the outboxes and of the flows due, when nothing wakes it.
-SWEEP = 2.0
+SWEEP = 5.0
 # Sweeps between two prunings of the list of flows (of flows past their retention).
 PRUNE_EVERY = 15
 
