@@ -142,7 +142,7 @@ def compile_flow(root: Element) -> Plan:
 
     def visit(element: Element, after: Output | None) -> Output:
         if isinstance(element, Job):
-            nodes.append(Node(element, _flatten(after), after))
+            nodes.append(Node(element, flat_output(after), after))
             return len(nodes) - 1
         if isinstance(element, Chain):
             out = after
@@ -173,7 +173,7 @@ def compile_flow(root: Element) -> Plan:
     return Plan(nodes, output)
 
 
-def _flatten(out: Output | None) -> tuple[int, ...]:
+def flat_output(out: Output | None) -> tuple[int, ...]:
     """The step indexes an output names, each once, in order."""
     seen: dict[int, None] = {}
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._codec import decode_value
-from ._flow import FlowInfo, Output, assemble
+from ._flow import FlowInfo, Output, assemble, flat_output
 from ._flows import reply_bytes, step_task_id
 from ._reads import read_tasks, text
 from ._redis import scripts
@@ -53,8 +53,7 @@ class _Stored:
         """``why`` with the type of the step whose failure it tells of."""
         if "failed" in self.meta:
             idx = int(self.field("failed"))
-            step = f"step {self.field('id')}-{idx}"
-            why = why.replace(step, f"{step} ({self.steps[idx][1]})", 1)
+            why = _with_type(why, self.field("id"), idx, self.steps[idx][1])
         return why
 
 
@@ -120,12 +119,40 @@ def _step_info(s: _Stored, i: int, ref: tuple[str, str], task: TaskInfo | None) 
 
 async def flow_output(broker: Broker, flow_id: str) -> tuple[str, Any, str | None]:
     """The flow's state, what it results in (its last element's result, or a list of
-    several) and its error."""
-    s = await _read(broker, flow_id)
-    output: Output = decode_value(s.meta["output"])
-    values = {i: decode_value(v) for i, v in s.results.items()}
-    result = assemble(output, values) if s.field("state") == "completed" else None
-    return s.field("state"), result, s.error
+    several) and its error. Reads only those (a few fields and the output steps'
+    results), not the whole flow: ``Client.result`` reads it each time the flow speaks."""
+    w = FlowKeys(broker.prefix, flow_id)
+    fields = ("state", "output", "error", "failed")
+    state, output, error, failed = await broker.run(lambda: broker.redis.hmget(w.meta, fields))
+    if state is None:
+        raise TaskNotFound(f"no flow {flow_id!r} (unknown, or its retention passed)")
+    if text(state) == "completed":
+        shape: Output = decode_value(reply_bytes(output))
+        wanted = [str(i) for i in flat_output(shape)]
+        raw = await broker.run(lambda: broker.redis.hmget(w.results, wanted))
+        # A step whose handler returned None keeps no result: it reads as None.
+        values = {int(i): decode_value(reply_bytes(v)) for i, v in zip(wanted, raw, strict=True)}
+        return "completed", assemble(shape, values), None
+    return text(state), None, await _why(broker, w, flow_id, error, failed)
+
+
+async def _why(broker: Broker, w: FlowKeys, flow_id: str, error: Any, failed: Any) -> str | None:
+    """The flow's error (``error``, as stored), naming the failed step's type."""
+    if error is None:
+        return None
+    why = text(error)
+    if failed is not None:
+        idx = int(text(failed))
+        tpl = await broker.run(lambda: broker.redis.hget(w.tpl, str(idx)))
+        if tpl is not None:
+            why = _with_type(why, flow_id, idx, decode_value(reply_bytes(tpl))[-1])
+    return why
+
+
+def _with_type(why: str, flow_id: str, idx: int, task_type: str) -> str:
+    """``why`` with the type of the step whose failure it tells of."""
+    step = f"step {flow_id}-{idx}"
+    return why.replace(step, f"{step} ({task_type})", 1)
 
 
 async def cancel_flow(broker: Broker, flow_id: str) -> list[tuple[str, str]]:
@@ -148,10 +175,70 @@ async def cancel_flow(broker: Broker, flow_id: str) -> list[tuple[str, str]]:
     return [(q, step_task_id(flow_id, i)) for i, q in zip(indexes, queues, strict=True)]
 
 
+# Of a flow none of whose steps ended yet, the first steps a summary reads to tell
+# ``pending`` (none started) from ``running``.
+SUMMARY_FIRST = 50
+_OPEN = ("pending", "running")
+
+
+async def flow_summary(broker: Broker, flow_id: str) -> FlowInfo:
+    """The flow without its steps (``steps`` is empty): a few fields and counts, one
+    or two round trips whatever its size (listings; a dashboard polls them). A flow
+    with no step ended yet is ``running`` when one of its first ``SUMMARY_FIRST``
+    steps started (``read_flow`` looks at them all)."""
+    w = FlowKeys(broker.prefix, flow_id)
+    fields = ("state", "total", "created", "completed", "error", "failed")
+
+    async def read() -> list[Any]:
+        pipe = broker.redis.pipeline(transaction=False)
+        pipe.hmget(w.meta, fields)
+        pipe.hlen(w.ended)
+        return list(await pipe.execute())
+
+    (state, total, created, completed, error, failed), ended = await broker.run(read)
+    if state is None:
+        raise TaskNotFound(f"no flow {flow_id!r} (unknown, or its retention passed)")
+    count = int(text(total))
+    shown = text(state)
+    if shown == "open":
+        started = int(ended) > 0 or await _first_started(broker, w, flow_id, count)
+        shown = "running" if started else "pending"
+    return FlowInfo(
+        id=flow_id, state=shown, steps=[], done=int(ended), total=count,
+        created_at=from_ms(int(text(created))),
+        completed_at=from_ms(int(text(completed))) if completed is not None else None,
+        error=await _why(broker, w, flow_id, error, failed),
+    )  # fmt: skip
+
+
+async def _first_started(broker: Broker, w: FlowKeys, flow_id: str, total: int) -> bool:
+    """Whether one of the flow's first steps without dependencies left its queue's
+    pending or scheduled state."""
+    first = [str(i) for i in range(min(total, SUMMARY_FIRST))]
+
+    async def read() -> list[Any]:
+        pipe = broker.redis.pipeline(transaction=False)
+        pipe.hmget(w.meta, [f"d:{i}" for i in first])
+        pipe.hmget(w.tpl, first)
+        return list(await pipe.execute())
+
+    deps, tpls = await broker.run(read)
+    refs = [
+        (decode_value(reply_bytes(t))[0], step_task_id(flow_id, int(i)))
+        for i, d, t in zip(first, deps, tpls, strict=True)
+        if d is None and t is not None
+    ]
+    tasks = await read_tasks(broker, refs)
+    return any(t is not None and t.state not in ("pending", "scheduled") for t in tasks)
+
+
 async def list_flows(
-    broker: Broker, state: str | None = None, page: int = 1, size: int = 50
+    broker: Broker, state: str | None = None, page: int = 1, size: int = 50, *, steps: bool = True
 ) -> list[FlowInfo]:
-    """Flows newest first, ``size`` per page; those past their retention are forgotten."""
+    """Flows newest first, ``size`` per page; those past their retention are forgotten.
+    ``steps=False``: summaries (``flow_summary``), whatever the flows' sizes; else each
+    listed flow is read whole (only those listed: the others are told apart by their
+    summaries)."""
     key = flows_key(broker.prefix)
     out: list[FlowInfo] = []
     skip = (page - 1) * size
@@ -163,7 +250,13 @@ async def list_flows(
         start += len(ids)
         for flow_id in ids:
             try:
-                info = await read_flow(broker, flow_id)
+                info = await flow_summary(broker, flow_id)
+                # A summary may say pending where the whole flow says running.
+                maybe = (
+                    state is None or info.state == state or (state in _OPEN and info.state in _OPEN)
+                )
+                if steps and maybe:
+                    info = await read_flow(broker, flow_id)
             except TaskNotFound:
                 await broker.run(lambda f=flow_id: broker.redis.zrem(key, f))  # type: ignore[misc]
                 start -= 1

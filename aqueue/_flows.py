@@ -155,7 +155,7 @@ async def write_flow(
     # exists (on a cluster, the two are on different masters). Until they are written,
     # the first steps wait on the flow's outbox, where a sweep would find them.
     await broker.run(lambda: broker.scripts([], commands))
-    await _send(broker, w, [], first, now)
+    await _send_steps(broker, first, now, [])
     await broker.run(lambda: broker.redis.hdel(w.meta, "roots"))
     return FlowInfo(
         id=flow_id, state="pending", steps=infos, done=0, total=len(infos),
@@ -204,16 +204,7 @@ async def _release(broker: Broker, w: FlowKeys, ids: list[str]) -> int:
         if shp is not None:
             message = _with_inputs(message, assemble(decode_value(shp), results), as_payload, now)
         steps.append((queue, task_id, message, is_laned))
-    return await _send(broker, w, ids, steps, now)
-
-
-async def _send(
-    broker: Broker, w: FlowKeys, ids: list[str], steps: list[tuple[str, str, bytes, bool]], now: int
-) -> int:
-    """Write released steps (queue, task id, message, laned) into their queues, then take
-    ``ids`` off the flow's outbox; how many were written now."""
-    cleanup = [scripts.outbox_done(w.outbox, ids)] if ids else []
-    return await _send_steps(broker, steps, now, cleanup)
+    return await _send_steps(broker, steps, now, [scripts.outbox_done(w.outbox, ids)])
 
 
 async def _send_steps(
@@ -260,23 +251,11 @@ async def _finish_sending(
         await broker.run(lambda: broker.scripts([], extra))
 
 
-def _value(values: dict[tuple[str, int], bytes], f: str, i: int, kind: str, error: str) -> bytes:
-    """What flow_done records of a step's end: its result, or its error."""
-    return values.get((f, i), b"") if kind == "completed" else error.encode()
-
-
 def reply_bytes(value: Any) -> bytes | None:
     """A reply that may be missing (None) or, on a decoding client, text."""
     if value is None or isinstance(value, bytes):
         return value
     return str(value).encode()
-
-
-def _bytes(value: Any) -> bytes:
-    """A reply that may be missing (b"" then) or, on a decoding client, text."""
-    if value is None:
-        return b""
-    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _with_inputs(message: bytes, inputs: Any, as_payload: bool, now: int) -> bytes:
@@ -331,7 +310,7 @@ async def finish_steps(broker: Broker, queue: str, limit: int = 200) -> int:
     if completed:
         ids = [step_task_id(e.flow_id, e.step) for e in completed]
         raw = await broker.run(lambda: broker.redis.hmget(k.results, ids))
-        values = {e.entry: _bytes(r) for e, r in zip(completed, raw, strict=True)}
+        values = {e.entry: reply_bytes(r) or b"" for e, r in zip(completed, raw, strict=True)}
         ends = [e._replace(value=values[e.entry]) if e.kind == "completed" else e for e in ends]
     await record_ends(broker, queue, ends, again=True)
     return len(ends)

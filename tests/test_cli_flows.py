@@ -103,7 +103,8 @@ async def test_flow_ls_lists_flows_newest_first_with_their_progress(url: str) ->
         ("f-wait", "pending", 0, 2), ("f-done", "completed", 2, 2), ("f-fail", "failed", 3, 3),
     ]  # fmt: skip
     assert as_json[2]["error"] == FAILED_ERROR
-    assert [s["id"] for s in as_json[2]["steps"]] == ["f-fail-0", "f-fail-1", "f-fail-2"]
+    # A listing gives summaries (`flow show` reads the steps).
+    assert all(f["steps"] == [] for f in as_json)
 
 
 async def test_flow_ls_filters_by_state_and_pages(aqueue_url: str) -> None:

@@ -204,6 +204,59 @@ async def test_flows_are_listed_newest_first(url: str, client: aqueue.Client) ->
     assert [f.id for f in failed] == ["nightly-2026-12-05"]
 
 
+async def test_flow_summaries_agree_with_whole_reads_in_every_state(
+    url: str, client: aqueue.Client
+) -> None:
+    """Listings read summaries (no steps, a few fields per flow): their state, progress
+    and error match what reading each flow whole says, and Inspector.flows still gives
+    every listed flow's steps."""
+    log: list[tuple[str, Any]] = []
+    broker = client._broker
+    waiting = await client.enqueue_flow(
+        aqueue.chain(aqueue.Job("square", 1, queue="parked"), job("square")), flow_id="f-waiting"
+    )
+    async with aqueue.Worker(_mux(log), url, queues=dict.fromkeys(QUEUES, 1)):
+        done = await client.enqueue_flow(aqueue.chain(job("square", 2), job("square")))
+        assert await client.result(done, timeout=20) == 16
+        failed = await client.enqueue_flow(
+            aqueue.chain(job("square", 3), job("boom"), job("total"))
+        )
+        with pytest.raises(aqueue.TaskFailed):
+            await client.result(failed, timeout=20)
+        running = await client.enqueue_flow(aqueue.chain(job("wait"), job("square")))
+        await wait_for(lambda: ("wait", None) in log, timeout=20)
+
+        async def compare(expected: dict[str, str]) -> None:
+            summaries = await _flowreads.list_flows(broker, steps=False)
+            async with aqueue.Inspector(url) as inspector:
+                whole = await inspector.flows()
+            assert {f.id: f.state for f in summaries} == expected
+            assert all(f.steps == [] for f in summaries)
+            for s, w in zip(summaries, whole, strict=True):
+                assert (s.id, s.state, s.done, s.total, s.error, s.created_at, s.completed_at) == (
+                    w.id, w.state, w.done, w.total, w.error, w.created_at, w.completed_at
+                )  # fmt: skip
+                assert len(w.steps) == w.total
+            for state in set(expected.values()):
+                listed = await _flowreads.list_flows(broker, state, steps=False)
+                assert [f.id for f in listed] == [f for f, st in expected.items() if st == state]
+
+        await compare({
+            running.id: "running", failed.id: "failed", done.id: "completed",
+            waiting.id: "pending",
+        })  # fmt: skip
+        async with aqueue.Inspector(url) as inspector:
+            await inspector.cancel_flow(running.id)
+        with pytest.raises(aqueue.TaskFailed, match="cancelled"):
+            await client.result(running, timeout=20)
+        await compare({
+            running.id: "cancelled", failed.id: "failed", done.id: "completed",
+            waiting.id: "pending",
+        })  # fmt: skip
+    (summary,) = await _flowreads.list_flows(broker, "failed", steps=False)
+    assert summary.error is not None and "(boom)" in summary.error
+
+
 @pytest.mark.parametrize(
     ("build", "match"),
     [
@@ -272,10 +325,15 @@ async def test_finished_flows_leave_nothing_behind_once_their_retention_passed(
                 assert await r.llen(k.outbox) == 0
                 # Completed steps kept for the flow's retention, then deleted by the janitor.
                 await wait_for(lambda k=k: _hlen_is_zero(r, k.results), timeout=20)  # type: ignore[misc]
-            assert await r.scard("aq:flows:due") == 0
+            # Forgotten by a worker's idle sweep (every 5 s) once the flows ended.
+            await wait_for(lambda: _scard_is_zero(r, "aq:flows:due"), timeout=30)
         finally:
             await r.aclose()
 
 
 async def _hlen_is_zero(r: Any, key: str) -> bool:
     return int(await r.hlen(key)) == 0
+
+
+async def _scard_is_zero(r: Any, key: str) -> bool:
+    return int(await r.scard(key)) == 0

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 from .._flow import FlowInfo
-from .._flowreads import read_flow
+from .._flowreads import list_flows, read_flow
 from .._flows import valid_flow_id
 from .._inspector import Inspector
 from .._task import TaskInfo
@@ -64,7 +64,8 @@ def add_commands(sub: Subparsers, leaf: Leaf) -> None:
 
 
 async def cmd_flow_ls(i: Inspector, args: argparse.Namespace) -> None:
-    flows = await i.flows(args.state, page=args.page, size=args.size)
+    # Summaries (steps empty, also in --json): `flow show` reads a flow's steps.
+    flows = await list_flows(i.broker, args.state, args.page, args.size, steps=False)
     if args.json:
         return print_json(flows)
     if not flows:

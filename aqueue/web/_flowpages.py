@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .._flowreads import read_flow
+from .._flowreads import list_flows, read_flow
 from .._flows import valid_flow_id
 from .._inspector import Inspector
 from .._reads import read_tasks, text
@@ -85,7 +85,9 @@ class FlowPages:
                 request, 400, f"unknown flow state {state!r}: use one of {', '.join(FLOW_STATES)}"
             )
         page = _page(request.query_params.get("page"))
-        flows = await self.dash.inspectors.get().flows(state, page=page, size=PAGE_SIZE)
+        # Summaries: the list shows no steps, and a flow's steps may be thousands.
+        broker = self.dash.inspectors.get().broker
+        flows = await list_flows(broker, state, page, PAGE_SIZE, steps=False)
         return self.dash.render(
             request, "flows.html", flows=flows, state=state, page=page,
             more=len(flows) == PAGE_SIZE, FLOW_STATES=FLOW_STATES, nav="flows",
