@@ -21,7 +21,7 @@ import anyio
 
 from aqueue.server import EmbeddedServer
 
-from . import drain, enqueue, flow, latency, memory, recovery, scale, workflows
+from . import curves, drain, enqueue, flow, latency, memory, recovery, scale, web, workflows
 from .common import Bench, Result
 
 Workload = Callable[[Bench], Awaitable[Result]]
@@ -35,6 +35,11 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
         enqueue.enqueue_gather_client,
         "the same on a redis.asyncio client passed in",
     ),
+    "enqueue_gather_pipelined": (
+        enqueue.enqueue_gather_pipelined,
+        "enqueue, gather of 1000 vs pipelined LPUSH",
+    ),
+    "web_signup": (web.web_signup, "FastAPI POST /signup under wrk, vs no enqueue"),
     "enqueue_many": (enqueue.enqueue_many, "enqueue_many, batches of 1000"),
     "drain_noop": (drain.drain_noop, "one worker (concurrency 100) drains no-op tasks"),
     "drain_sleep": (drain.drain_sleep, "one worker (concurrency 100) drains 10 ms tasks"),
@@ -49,6 +54,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "processes_cpu_2": (scale.processes_cpu_2, "--processes 2 vs 1, 1 ms CPU tasks"),
     "processes_cpu_4": (scale.processes_cpu_4, "--processes 4 vs 1, 1 ms CPU tasks"),
     "cluster": (scale.cluster_masters, "3-master vs 1-master cluster, 12 queues"),
+    "scale_queues": (curves.scale_queues, "cost curve: 1 to 1,000 queues served"),
     "flow_limits_idle": (flow.flow_limits_idle, "limits never reached vs no limits, drain"),
     "flow_keys_1000": (flow.flow_keys_1000, "1,000 limit keys in turn vs one key, drain"),
     "flow_rate_200": (flow.flow_rate_200, 'rate_limit="200/s": starts per second'),
@@ -183,6 +189,11 @@ def table(results: Sequence[Result], header: str = "") -> str:
 
 def _notes(r: Result) -> str:
     e = r.extra
+    if "ceiling_p50_ms" in e:
+        return (
+            f"p50/p99 {_num(e['p50_ms'])}/{_num(e['p99_ms'])} ms vs "
+            f"{_num(e['ceiling_p50_ms'])}/{_num(e['ceiling_p99_ms'])} ms without"
+        )
     if "p99_ms" in e:
         return f"p99 {_num(e['p99_ms'])} ms vs {_num(e['baseline_p99_ms'])} ms raw"
     if "raw_loop_peak_mb" in e:

@@ -102,6 +102,40 @@ async def _gather(b: Bench, client: aqueue.Client, name: str) -> Result:
     )
 
 
+async def enqueue_gather_pipelined(b: Bench) -> Result:
+    """The same gather of 1000 ``enqueue`` calls against the server's pipelined rate:
+    redis-py pipelines of 1000 LPUSH (the issue's bar for concurrent enqueues, which
+    share round trips: aqueue/_redis/batcher.py)."""
+    n = b.n(10_000)
+    size = min(BATCH, n)
+    async with aqueue.Client(b.url) as client, b.redis() as r:
+
+        async def subject() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, size):
+                await asyncio.gather(
+                    *(client.enqueue(item, Item(n=i)) for i in range(lo, min(lo + size, n)))
+                )
+            return n / (time.perf_counter() - start)
+
+        async def baseline() -> float:
+            start = time.perf_counter()
+            for lo in range(0, n, size):
+                pipe = r.pipeline(transaction=False)
+                for i in range(lo, min(lo + size, n)):
+                    pipe.lpush(RAW_PENDING, raw_record("bench:item", {"n": i}))
+                await pipe.execute()
+            return n / (time.perf_counter() - start)
+
+        await client.enqueue(item, Item(n=-1))
+        await r.ping()
+        rate, base = await b.alternate(subject, baseline)
+    return Result(
+        "enqueue_gather_pipelined", n, "tasks/s", rate, base,
+        f"raw LPUSH, pipelined {size} at a time", "higher",
+    )  # fmt: skip
+
+
 def _pooled(url: str) -> aioredis.Redis:
     """A redis-py client whose calls wait for one of ``POOL`` connections."""
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL, timeout=30)

@@ -24,6 +24,7 @@ from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from . import deadline as _deadline
 from . import hints as _hints
 from . import wire as _wire
+from .batcher import Batcher
 from .endpoint import Endpoint, endpoint
 from .endpoint import redacted as redacted  # re-exported: metrics and the client use it
 from .scripts import Call
@@ -52,6 +53,8 @@ _UNAVAILABLE = (
 # replication in trouble. Waiting may help; the caller cannot change the call to fix it.
 _REFUSALS = ("OOM", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
              "NOREPLICAS")  # fmt: skip
+# Commands that hold their connection until the server answers: never batched.
+_BLOCKING = frozenset({"BLPOP", "BLMOVE", "BRPOP", "BLMPOP", "BZPOPMIN", "WAIT", "WAITAOF"})
 # Seconds of a rediss:// call kept for the plaintext probe (see ``Broker._unavailable``).
 _TLS_PROBE = 0.5
 
@@ -83,6 +86,12 @@ class Broker:
         self._node_clients: dict[str, aioredis.Redis] = {}
         self._lean: _wire.LeanPool | None = None
         self._watchdog = _deadline.Watchdog()
+        # Concurrent calls share round trips (``batcher``): the hot path's raw commands
+        # in one batch, anything redis-py must parse in another.
+        self._batchers = {
+            raw: Batcher[Sequence[Sequence[Any]], list[Any]](self._send_alone, self._send_together)
+            for raw in (True, False)
+        }
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
             self.cluster = self.url.startswith("redis+cluster:")
@@ -294,6 +303,29 @@ class Broker:
         return replies
 
     async def _send(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one round trip, with the other calls of this event-loop
+        turn (``batcher``); error replies come back as exceptions. A blocking command
+        or a connection of the caller's own goes alone."""
+        if r is not self._redis or any(cmd[0] in _BLOCKING for cmd in commands):
+            return await self._send_now(r, commands)
+        return await self._batchers[_wire.raw_ok(commands)].call(commands)
+
+    async def _send_alone(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        return await self._send_now(self.redis, commands)
+
+    async def _send_together(self, calls: list[Sequence[Sequence[Any]]]) -> list[list[Any]]:
+        """The commands of several calls in one round trip, each call's replies apart.
+        Within a deadline of its own: its callers may all have stopped waiting."""
+        async with asyncio.timeout(self.timeout):
+            replies = await self._send_now(self.redis, [cmd for cmds in calls for cmd in cmds])
+        out = []
+        at = 0
+        for cmds in calls:
+            out.append(replies[at : at + len(cmds)])
+            at += len(cmds)
+        return out
+
+    async def _send_now(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one round trip; error replies come back as exceptions."""
         lean = self._lean
         if lean is not None and r is self._redis and _wire.raw_ok(commands):
@@ -351,6 +383,8 @@ class Broker:
             yield conn
 
     async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
         for client in self._node_clients.values():
             await client.aclose()
         self._node_clients.clear()
