@@ -34,7 +34,7 @@ class Q:
 
     async def register(self, wid: str, ttl_ms: int = 30_000) -> int:
         t = now()
-        result = await self.b.script(scripts.heartbeat(self.k, wid, t, t + ttl_ms))
+        (result,) = await self.b.script(scripts.heartbeat([self.k], wid, t, t + ttl_ms))
         return int(result)
 
     async def claim(self, wid: str, n: int) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 import aqueue
 from aqueue import Context, Job, Mux, Worker
+from aqueue._worker.claims import SPREAD
 from aqueue._worker.runner import default_retry_delay
 from aqueue.testing import drain
 
@@ -158,6 +160,33 @@ async def test_weighted_queues_share_claims_by_weight(url: str) -> None:
     first = order[:400]
     ratio = first.count("heavy") / max(1, first.count("light"))
     assert 2.0 < ratio < 4.5, ratio
+
+
+async def test_weights_hold_among_more_queues_than_one_batch_is_split_across(
+    url: str,
+) -> None:
+    """Past SPREAD queues with tasks, a batch goes to a few queues at a time (stride
+    scheduling): over time each queue is still served by its weight."""
+    mux = Mux()
+    order: list[str] = []
+
+    @mux.task("m")
+    async def m(ctx: Context) -> None:
+        order.append(ctx.queue)
+
+    weights = {f"m{i}": (4 if i < 2 else 1) for i in range(20)}
+    assert len(weights) > SPREAD
+    async with aqueue.Client(url) as client:
+        for q in weights:
+            await client.enqueue_many([Job(m, queue=q) for _ in range(150)])
+    worker = Worker(mux, url, concurrency=8, queues=weights, batch_size=8)
+    async with worker:
+        await wait_for(lambda: len(order) >= 1040)
+    first = Counter(order[:1040])  # 40 per unit of weight, before any queue runs dry
+    heavy = (first["m0"] + first["m1"]) / 2
+    light = sum(first[q] for q in weights if weights[q] == 1) / 18
+    assert 2.5 < heavy / light < 6.0, (heavy, light)
+    assert all(first[q] > 0 for q in weights)  # nobody starved
 
 
 async def test_strict_priority_drains_the_heaviest_queue_first(url: str) -> None:

@@ -167,6 +167,17 @@ def queues_key(prefix: str) -> str:
     return f"{prefix}:queues"
 
 
+def lease_index_key(prefix: str) -> str:
+    """ZSET worker id -> expiry (ms) of its leases, renewed by its heartbeat and kept
+    ``LEASE_INDEX_GRACE`` ms past it: the reapers learn from it that a worker died, in one
+    command whatever the number of queues (``_worker/reaper.py``)."""
+    return f"{prefix}:leases"
+
+
+# How long (ms) a dead worker stays in the lease index: every reaper passes in that time.
+LEASE_INDEX_GRACE = 60_000
+
+
 def workers_key(prefix: str) -> str:
     """ZSET worker id -> expiry (ms) of its registration, renewed by its heartbeat."""
     return f"{prefix}:workers"

@@ -244,10 +244,11 @@ def fail(
 # -- the worker's lease and housekeeping -----------------------------------------------------
 
 
-def heartbeat(k: QueueKeys, worker_id: str, now_ms: int, expiry_ms: int) -> Call:
-    """Renew the worker's lease on the queue until ``expiry_ms``. Replies 1 if it was
-    live, 0 if it had expired or was gone."""
-    return (SCRIPTS.heartbeat, (k.leases,), [worker_id, now_ms, expiry_ms])
+def heartbeat(ks: Sequence[QueueKeys], worker_id: str, now_ms: int, expiry_ms: int) -> Call:
+    """Renew the worker's lease on the queues (of one slot: on a cluster, one queue)
+    until ``expiry_ms``. Replies, per queue, 1 if it was live, 0 if it had expired or
+    was gone."""
+    return (SCRIPTS.heartbeat, tuple(k.leases for k in ks), [worker_id, now_ms, expiry_ms])
 
 
 def requeue(

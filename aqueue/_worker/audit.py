@@ -5,8 +5,10 @@ claim or a blocking move that ran on the server while its reply never arrived, o
 outcome that could not be written in time. Whoever sees such a loss marks the queue
 suspect; the dispatcher then runs the audit between its own claims (``orphans.lua``
 returns every id of the lease list this worker does not hold to the head of the
-queue, without counting an attempt). The heartbeat marks every queue once per
-``lease_ttl``, for losses nobody saw (a failover that dropped an acknowledged write).
+queue, without counting an attempt). The heartbeat marks, once per ``lease_ttl``, every
+queue this worker claimed from or wrote outcomes to lately, for losses nobody saw (a
+failover that dropped an acknowledged write): a lost write can only strand an id where
+it was written, so a worker serving a thousand idle queues audits none of them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class LeaseAudit:
         self._outage = outage
         # Queues whose lease list may hold ids we do not know.
         self._suspect: set[str] = set()
+        # Queues claimed from or written to since the last mark_all, and before it;
+        # at first every queue (a worker id reused after a crash finds its
+        # predecessor's lease lists).
+        self._touched: set[str] = set()
+        self._touched_before: set[str] = set(keys)
 
     @property
     def clear(self) -> bool:
@@ -53,8 +60,15 @@ class LeaseAudit:
     def mark(self, queues: Iterable[str]) -> None:
         self._suspect.update(queues)
 
+    def touch(self, queues: Iterable[str]) -> None:
+        """This worker claimed from or wrote outcomes to ``queues``."""
+        self._touched.update(queues)
+
     def mark_all(self) -> None:
-        self._suspect.update(self._keys)
+        """Mark the queues written to since the call before last (a write lost in a
+        failover is lost within moments of being made)."""
+        self._suspect.update(self._touched, self._touched_before)
+        self._touched_before, self._touched = self._touched, set()
 
     def due(self, busy: Set[str]) -> bool:
         """Whether a queue not in ``busy`` is suspect."""

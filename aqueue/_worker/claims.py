@@ -1,11 +1,19 @@
-"""Claiming: batches while a backlog exists, one blocking wait per queue when idle.
+"""Claiming: batches while a backlog exists, one blocking wait on the queues' bells when
+idle.
 
 While a queue has a backlog, the dispatcher claims batches with the claim script (up
 to the free slots, split across queues by weight; the script applies priorities and
-limits). When every queue came back dry, it blocks on the queue's bell (BLPOP), one
-blocking connection per queue, each holding one reserved slot: whatever makes a task
-startable (an enqueue, a slot freed, a lane let go by a new declaration) rings it, so
-an idle worker wakes within milliseconds without polling, and claims with the script.
+limits). A queue whose claim came back short is *dry*, and is not claimed from again
+until its bell rings. When every queue is dry, the worker blocks on the bells (BLPOP)
+with one reserved slot: on one server, one BLPOP on every queue's bell at once; on a
+cluster, where the bells are in different slots, one per queue (up to the free slots).
+Whatever makes a task startable (an enqueue, a retry or a delayed task come due, a slot
+freed, a lease reaped, a lane let go by a new declaration) rings the queue's bell, and a
+worker that takes less than a queue holds rings it again for the next: an idle worker
+wakes within milliseconds without polling, and claims from the queue that rang. So an
+idle worker's cost does not grow with the number of queues it serves; a few dry queues
+are looked at again each second nothing rings, a safety net for a bell whose worker died
+between popping it and claiming.
 A task held back by a rate window is claimed when the window has room again: the
 claim script says when, and the dispatcher claims again then. A claimed id sits in
 this worker's lease list before anything else happens, so a crash at any point leaves
@@ -17,6 +25,7 @@ claims to send with its acks and hands the replies back to ``claimed``.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import time
@@ -44,6 +53,11 @@ log = logging.getLogger("aqueue.worker")
 
 # How long one blocking wait lasts before the worker re-checks pauses and shutdown.
 BLOCK_SECONDS = 1.0
+# Dry queues looked at again after each blocking wait nobody rang (round robin).
+RECHECK = 8
+# The most queues one batch of claims is split across, when more have tasks (chosen
+# by weight, see ``Dispatcher._stride``).
+SPREAD = 8
 
 
 class Dispatcher:
@@ -88,6 +102,15 @@ class Dispatcher:
         self._due = float("inf")
         # Queues whose last claim a limit held back: their acks may free a slot.
         self._limited: set[str] = set()
+        # Queues whose last claim came back short: not claimed from until their bell
+        # rings (or a rate window opens, or the round robin of RECHECK gets to them).
+        self._dry: set[str] = set()
+        self._recheck = 0
+        # Stride scheduling among many queues (``_stride``): each queue's pass.
+        self._passes: dict[str, float] = {}
+        # One blocking wait for every queue's bell on one server; one per queue on a
+        # cluster, whose bells are in different slots.
+        self._together = not broker.cluster
         self._blocking: set[str] = set()
         self._blockers: anyio.abc.TaskGroup | None = None
         # Set, and replaced, whenever a blocking claim ends (or to stop).
@@ -127,17 +150,13 @@ class Dispatcher:
 
     async def _burst(self) -> bool:
         """Claim without blocking until slots are full or every queue is dry."""
-        dry: set[str] = set()
         claimed = False
         slots = self._slots
         while not self._stopping and slots.free > 0:
-            plan = self._plan(min(slots.free, self._batch_size), dry)
+            plan = self._plan(min(slots.free, self._batch_size))
             if not plan:
                 break
             got = await self._claim(plan)
-            for q, asked in plan.items():
-                if got.get(q, 0) < asked:
-                    dry.add(q)
             claimed = claimed or sum(got.values()) > 0
         return claimed
 
@@ -145,16 +164,37 @@ class Dispatcher:
         now = time.monotonic()
         return [q for q in self._order if self._paused_until.get(q, 0.0) <= now]
 
-    def _plan(self, n: int, dry: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+    def _plan(self, n: int) -> dict[str, int]:
         """How many of ``n`` tasks to ask of each queue: by weight, or all of the
         heaviest under strict priority; nothing if every queue is paused or dry."""
+        dry = self._dry
         candidates = [q for q in self._available() if q not in dry]
         if not candidates or n <= 0:
             return {}
         if self._strict or len(candidates) == 1:
             return {candidates[0]: n}
+        if len(candidates) > SPREAD:
+            return self._stride(n, candidates)
         weights = [self._weights[q] for q in candidates]
         return dict(Counter(random.choices(candidates, weights=weights, k=n)))
+
+    def _stride(self, n: int, candidates: list[str]) -> dict[str, int]:
+        """A claim script runs per queue: among many queues, the batch goes to the
+        ``SPREAD`` that are furthest behind their weight's share (stride scheduling),
+        instead of one or two tasks asked of each of a hundred. Over time each queue is
+        asked in proportion to its weight; one back from dry starts level with the
+        others, not with the credit of the time it had nothing."""
+        passes, weights = self._passes, self._weights
+        level = min(passes.get(q, 0.0) for q in candidates)
+        chosen = heapq.nsmallest(SPREAD, candidates, key=lambda q: passes.get(q, 0.0))
+        each, extra = divmod(n, len(chosen))
+        plan: dict[str, int] = {}
+        for i, q in enumerate(chosen):
+            asked = each + (1 if i < extra else 0)
+            if asked:
+                plan[q] = asked
+                passes[q] = max(passes.get(q, 0.0), level) + asked / weights[q]
+        return plan
 
     def _calls(self, plan: Mapping[str, int]) -> list[Call]:
         now = int(time.time() * 1000)
@@ -233,9 +273,12 @@ class Dispatcher:
                 self._paused_until[q] = time.monotonic() + BLOCK_SECONDS
             else:
                 lost = True
+            if count < n:
+                self._dry.add(q)  # until its bell rings
             got[q] = count
             if not reserved:
                 self._slots.give(max(0, n - count))
+        self._audit.touch(q for q, count in got.items() if count)
         if lost:
             # Our lease had expired (or the server lost its data): renew before claiming
             # again, so that everything we hold is covered by a live lease.
@@ -259,14 +302,16 @@ class Dispatcher:
     # -- blocking claims -----------------------------------------------------------------
 
     async def _block(self) -> None:
-        """Block on every available queue at once, one reserved slot each, until a
-        blocking wait ends or a rate window a claim reported has room again."""
+        """Block on the bells of every available queue, with one reserved slot per
+        blocking wait, until one ends or a rate window a claim reported has room."""
         assert self._blockers is not None
         queues = [q for q in self._available() if q not in self._blocking]
-        for q in queues[: self._slots.free]:
-            self._slots.take(1)
-            self._blocking.add(q)
-            self._blockers.start_soon(self._block_on, q)
+        if self._together:
+            if queues and not self._blocking and self._slots.free > 0:
+                self._start_blocking(queues)
+        else:
+            for q in queues[: self._slots.free]:
+                self._start_blocking([q])
         event = self._event
         now = time.monotonic()
         wait = self._due - now
@@ -279,37 +324,68 @@ class Dispatcher:
                 await event.wait()
             if time.monotonic() >= self._due:
                 self._due = float("inf")  # the next burst claims it, and learns the next
+                self._dry.clear()  # the queues it held back may have room now
             return
         await event.wait()
 
-    async def _block_on(self, q: str) -> None:
-        """Wait for the queue's bell with a reserved slot; when it rings, claim as much
-        as the free slots allow (a freed limit slot or a batch enqueue may let more than
-        one task start)."""
+    def _start_blocking(self, queues: list[str]) -> None:
+        assert self._blockers is not None
+        self._slots.take(1)
+        self._blocking.update(queues)
+        self._blockers.start_soon(self._block_on, queues)
+
+    async def _block_on(self, queues: list[str]) -> None:
+        """Wait for a bell of ``queues`` with a reserved slot; when one rings, claim
+        from its queue as much as the free slots allow (a freed limit slot or a batch
+        enqueue may let more than one task start)."""
         got = 0
         try:
-            if await self._ring(q):
+            q = await self._ring(queues)
+            if q is not None:
+                self._dry.discard(q)
                 free = self._slots.free + 1  # with the reserved slot
                 n = max(1, min(free, self._batch_size))
                 self._slots.take(n - 1)
                 got = (await self._claim({q: n}, reserved=True)).get(q, 0)
                 self._slots.give(max(0, n - 1 - max(0, got - 1)))
+            elif self._dry:
+                self._look_again(queues)
         finally:
             if not got:
                 self._slots.give(1)  # the slot reserved for this blocker
-            self._blocking.discard(q)
+            self._blocking.difference_update(queues)
             self._wake()
 
-    async def _ring(self, q: str) -> bool:
-        """Wait for the queue's bell: whether it rang (a task may be startable)."""
-        pop = ("BLPOP", self._keys[q].bell, BLOCK_SECONDS)
+    def _look_again(self, heard: list[str]) -> None:
+        """Nothing rang for a whole wait: let the next burst look at a few dry queues
+        again (round robin), in case a bell was popped by a worker that died before it
+        claimed. On a cluster, where a blocking wait hears one queue's bell, every dry
+        queue no wait hears is looked at again (as many claim calls a second as
+        queues past the free slots: the price of bells in different slots)."""
+        if not self._together:
+            blocked = self._blocking.difference(heard)
+            self._dry.intersection_update(blocked)
+            return
+        ordered = self._order
+        for _ in range(min(RECHECK, len(ordered))):
+            self._dry.discard(ordered[self._recheck % len(ordered)])
+            self._recheck += 1
+
+    async def _ring(self, queues: list[str]) -> str | None:
+        """Wait for a bell of ``queues``: the queue whose bell rang (a task may be
+        startable there), or None when none rang in time."""
+        bells = {self._keys[q].bell: q for q in queues}
+        pop = ("BLPOP", *bells, BLOCK_SECONDS)
         broker = self._broker
         try:
-            (token,) = await broker.run(
+            (reply,) = await broker.run(
                 lambda: broker.scripts([], [pop]), timeout=broker.timeout + BLOCK_SECONDS
             )
         except BrokerUnavailable as exc:
             await self._outage.failed(exc)
-            return False
+            return None
         self._outage.ok()
-        return token is not None
+        if reply is None:
+            return None
+        key = reply[0]
+        return bells[key.decode() if isinstance(key, bytes) else key]

@@ -24,6 +24,9 @@ from .outage import Outage
 SWEEP = 5.0
 # Sweeps between two prunings of the list of flows (of flows past their retention).
 PRUNE_EVERY = 15
+# Outboxes a sweep looks at, in turn (an idle worker's cost does not grow with the
+# number of queues it serves; the ends reported to this worker are handled at once).
+LOOK_EACH_SWEEP = 50
 
 
 class FlowPump:
@@ -37,27 +40,36 @@ class FlowPump:
         self._event = anyio.Event()
         self._sweeps = 0
         self._ends: dict[str, list[End]] = {}
+        self._drain_now: set[str] = set()
+        self._turn = 0
 
     def ended(self, ends: Mapping[str, list[End]]) -> None:
-        """Steps ended (their acks are written): record them now; an empty mapping only
-        wakes the pump to drain the outboxes."""
+        """Steps ended (their acks are written): record them now; a queue with no ends
+        given (a failure, a reaped step) has its outbox drained now."""
         for queue, items in ends.items():
-            self._ends.setdefault(queue, []).extend(items)
+            if items:
+                self._ends.setdefault(queue, []).extend(items)
+            else:
+                self._drain_now.add(queue)
         self._event.set()
 
     async def run(self) -> None:
         while True:
-            if not self._ends:
+            if not self._ends and not self._drain_now:
                 with anyio.move_on_after(SWEEP):
                     await self._event.wait()
             woken = self._event.is_set()
             self._event = anyio.Event()
             ends, self._ends = self._ends, {}
+            drain, self._drain_now = self._drain_now, set()
             try:
                 # Straight from the acks: their results are at hand, no outbox read.
                 for queue, items in ends.items():
                     await _flows.record_ends(self._broker, queue, items)
-                if ends:
+                for queue in drain:
+                    while await _flows.finish_steps(self._broker, queue):
+                        pass
+                if ends or drain:
                     continue
                 await self._drain()
                 if not woken:
@@ -71,12 +83,16 @@ class FlowPump:
             self._outage.ok()
 
     async def _drain(self) -> None:
-        """Every queue's outbox, until empty (one length read for all, then only those
-        with something in them)."""
+        """The outboxes of ``LOOK_EACH_SWEEP`` queues in turn, until empty (one length
+        read for all, then only those with something in them)."""
         b = self._broker
-        keys = [queue_keys(b.prefix, q).outbox for q in self._queues]
+        names = self._queues
+        if len(names) > LOOK_EACH_SWEEP:
+            names = [names[(self._turn + i) % len(names)] for i in range(LOOK_EACH_SWEEP)]
+            self._turn = (self._turn + LOOK_EACH_SWEEP) % len(self._queues)
+        keys = [queue_keys(b.prefix, q).outbox for q in names]
         sizes = await b.run(lambda: b.scripts([], [("LLEN", k) for k in keys]))
-        for queue, size in zip(self._queues, sizes, strict=True):
+        for queue, size in zip(names, sizes, strict=True):
             if int(size):
                 while await _flows.finish_steps(b, queue):
                     pass

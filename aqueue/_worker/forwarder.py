@@ -1,8 +1,13 @@
 """The forwarder: moves due ``scheduled`` and ``retry`` tasks to ``pending``.
 
-It sleeps until the next due time it knows of, at most ``FORWARD_MAX_SLEEP``. Anyone
-who learns of an earlier one wakes it: the outcome writer after a retry, the cancel
-listener for a delayed task a client wrote. ``forward.lua`` is idempotent, so every
+It knows, per queue, the next due time the server reported (``forward.lua`` returns
+it) or someone told it of: the outcome writer after a retry, the listener for a delayed
+task a client wrote (its notice names the queue). A pass forwards only the queues whose
+due time came, and a few others in turn (``LOOK_EACH_PASS``): a notice missed during a
+reconnect, or a task delayed by a worker that died, is found within a few passes, and
+an idle worker's cost does not grow with the number of queues it serves. After a
+reconnect of the listener, every queue is looked at once. It sleeps until the earliest
+due time, at most ``FORWARD_MAX_SLEEP``. ``forward.lua`` is idempotent, so every
 worker runs a forwarder.
 """
 
@@ -26,11 +31,13 @@ FORWARD_BATCH = 1000
 # Upper bound on the forwarder's sleep. Delayed tasks written by clients wake it through
 # pub/sub; this only bounds the delay for one whose message was missed (a reconnect).
 FORWARD_MAX_SLEEP = 5.0
+# Queues with no due time known looked at in each pass anyway, in turn.
+LOOK_EACH_PASS = 50
 
 
 class Forwarder:
-    """Moves due delayed and retry tasks to ``pending``; ``wake(due)`` shortens its sleep
-    when someone learns of an earlier due time."""
+    """Moves due delayed and retry tasks to ``pending``; ``wake(due, queue)`` shortens
+    its sleep when someone learns of an earlier due time."""
 
     def __init__(self, broker: Broker, keys: Mapping[str, QueueKeys], outage: Outage) -> None:
         self._broker = broker
@@ -38,11 +45,33 @@ class Forwarder:
         self._outage = outage
         self._wake_at = math.inf  # time.time() of the next planned pass
         self._event: anyio.Event | None = None
+        # Per queue, the next due time known (ms); 0: look at once; inf: none known.
+        self._next: dict[str, float] = dict.fromkeys(keys, 0.0)
+        self._names = list(keys)
+        self._turn = 0
+        self._told: dict[str, float] = {}
 
-    def wake(self, due_ms: int) -> None:
-        """Make the forwarder run no later than ``due_ms``."""
+    def wake(self, due_ms: int, queue: str | None = None) -> None:
+        """Make the forwarder run no later than ``due_ms`` for ``queue`` (None: look
+        at every queue then)."""
+        for q in self._next if queue is None else [queue] if queue in self._next else []:
+            self._next[q] = min(self._next[q], due_ms)
+            # Told while a pass is in flight: that pass may not have seen the task.
+            self._told[q] = min(self._told.get(q, math.inf), due_ms)
         if due_ms / 1000 < self._wake_at and self._event is not None:
             self._event.set()
+
+    def _picked(self, now: int) -> list[str]:
+        """The queues whose due time came, and the next few in turn."""
+        due = [q for q, t in self._next.items() if t <= now]
+        names = self._names
+        if len(names) > len(due):
+            chosen = set(due)
+            for _ in range(min(LOOK_EACH_PASS, len(names))):
+                chosen.add(names[self._turn % len(names)])
+                self._turn += 1
+            return [q for q in names if q in chosen]
+        return due
 
     async def run(self) -> None:
         broker = self._broker
@@ -52,7 +81,9 @@ class Forwarder:
             self._event = anyio.Event()
             self._wake_at = math.inf
             now = int(time.time() * 1000)
-            calls = [scripts.forward(k, now, FORWARD_BATCH) for k in self._keys.values()]
+            queues = self._picked(now)
+            self._told = {}
+            calls = [scripts.forward(self._keys[q], now, FORWARD_BATCH) for q in queues]
             try:
                 replies = await broker.run(functools.partial(broker.scripts, calls))
             except BrokerUnavailable as exc:
@@ -60,12 +91,18 @@ class Forwarder:
                 continue
             self._outage.ok()
             forwarded = [scripts.parse_forward(r) for r in replies]
-            if sum(r.moved for r in forwarded) >= FORWARD_BATCH:
-                continue  # more are due right now
-            nexts = [r.next_ms for r in forwarded if r.next_ms is not None]
+            more = False
+            for q, r in zip(queues, forwarded, strict=True):
+                self._next[q] = r.next_ms if r.next_ms is not None else math.inf
+                if r.moved >= FORWARD_BATCH:
+                    self._next[q] = 0.0  # more are due right now
+                    more = True
+            for q, due in self._told.items():
+                self._next[q] = min(self._next[q], due)
+            if more:
+                continue
             wake = time.time() + FORWARD_MAX_SLEEP
-            if nexts:
-                wake = min(wake, min(nexts) / 1000)
+            wake = min(wake, min(self._next.values(), default=math.inf) / 1000)
             self._wake_at = wake
             with anyio.move_on_after(max(0.0, wake - time.time())):
                 await self._event.wait()

@@ -1,8 +1,10 @@
 """Housekeeping of kept data: completed tasks past their retention, the archive's age
 and size, expired unique locks (``janitor.lua``, bounded per call); and flow control's
 (``recount.lua``): slots counted again from the active tasks, old rate windows dropped.
-The reaper runs it after each of its passes; the scripts are idempotent, so every
-worker may."""
+The reaper runs it after each of its passes, on ``SLICE`` queues at most, in turn:
+every queue at each pass for a worker serving that many or fewer, and an idle worker's
+cost that does not grow with the number of queues past that (a queue is then looked at
+every ``queues / SLICE`` passes). The scripts are idempotent, so every worker may."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ log = logging.getLogger("aqueue.worker")
 
 # Deletions of each kind per queue and janitor call.
 JANITOR_BATCH = 500
+# The most queues one sweep looks at.
+SLICE = 50
 
 
 class Janitor:
@@ -36,16 +40,27 @@ class Janitor:
         self._keys = keys
         self._max_archived = max_archived
         self._archive_ttl_ms = int(archive_ttl * 1000)
+        self._names = list(keys)
+        self._turn = 0
+
+    def _slice(self) -> list[str]:
+        names = self._names
+        if len(names) <= SLICE:
+            return names
+        picked = [names[(self._turn + i) % len(names)] for i in range(SLICE)]
+        self._turn = (self._turn + SLICE) % len(names)
+        return picked
 
     async def sweep(self) -> int:
         """Delete what is due, in bounded calls until nothing is left to do; returns
         how many tasks were deleted."""
         broker = self._broker
         total = 0
-        queues = list(self._keys.values())
+        names = self._slice()
+        queues = [self._keys[q] for q in names]
         calls = [scripts.recount(k, JANITOR_BATCH) for k in queues]
         recounts = await broker.run(functools.partial(broker.scripts, calls))
-        for name, raw in zip(self._keys, recounts, strict=True):
+        for name, raw in zip(names, recounts, strict=True):
             fixed = scripts.parse_recount(raw).fixed
             if fixed:
                 log.warning(

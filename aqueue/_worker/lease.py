@@ -26,7 +26,7 @@ import anyio
 from .._codec import encode_value
 from .._redis import scripts
 from .._redis.broker import Broker
-from .._redis.keys import QueueKeys, queues_key, worker_key, workers_key
+from .._redis.keys import QueueKeys, lease_index_key, queues_key, worker_key, workers_key
 from ..errors import BrokerUnavailable
 from .audit import LeaseAudit
 from .held import Held
@@ -92,12 +92,16 @@ class LeaseKeeper:
         sent = time.monotonic()
         now = int(time.time() * 1000)
         expiry = now + self._ttl_ms
-        calls = [scripts.heartbeat(k, self._id, now, expiry) for k in self._keys.values()]
+        # One call for every queue on one server; one per queue on a cluster.
+        keys = list(self._keys.values())
+        groups = [[k] for k in keys] if self._broker.cluster else [keys]
+        calls = [scripts.heartbeat(g, self._id, now, expiry) for g in groups]
         # Re-registering the queues each time covers a server that lost its data.
         prefix = self._broker.prefix
         extra: list[tuple[Any, ...]] = [
             ("SADD", queues_key(prefix), *self._keys),
             ("ZADD", workers_key(prefix), expiry, self._id),
+            ("ZADD", lease_index_key(prefix), expiry, self._id),
             ("SET", worker_key(prefix, self._id), self._card(), "PX", self._ttl_ms),
             ("ZREMRANGEBYSCORE", workers_key(prefix), "-inf", now),
         ]
@@ -112,7 +116,8 @@ class LeaseKeeper:
                 self._held.cancel(q, i)
         self.valid_until = sent + self._ttl
         lost = False
-        for q, live in zip(self._keys, replies[: len(calls)], strict=True):
+        flags = [flag for reply in replies[: len(calls)] for flag in reply]
+        for q, live in zip(self._keys, flags, strict=True):
             if not live:
                 lost = True
                 n = self._held.cancel_queue(q, Reason.LOST)
@@ -175,6 +180,7 @@ class LeaseKeeper:
         prefix = broker.prefix
         unregister = [
             ("ZREM", workers_key(prefix), self._id),
+            ("ZREM", lease_index_key(prefix), self._id),
             ("DEL", worker_key(prefix, self._id)),
         ]
         await broker.run(lambda: broker.scripts([], unregister))

@@ -33,7 +33,7 @@ class CancelListener:
         queues: Collection[str],
         *,
         cancel: Callable[[str, str], object],
-        wake_forwarder: Callable[[int], None],
+        wake_forwarder: Callable[[int, str | None], None],
         outage: Outage,
     ) -> None:
         self._broker = broker
@@ -70,6 +70,8 @@ class CancelListener:
                         await self.subscribe()
                         subscribed = True
                         self._outage.ok()
+                        # Notices sent while we were away are lost: look at every queue.
+                        self._wake_forwarder(0, None)
                     # A bounded wait below the socket timeout: redis-py before 8.1 reads
                     # timeout=None as "the socket timeout" and raises at its end, which
                     # an idle worker would log as a lost server every few seconds.
@@ -89,7 +91,7 @@ class CancelListener:
         queue, _, rest = data.decode().partition("|")
         if channel == self._schedule_channel:
             if queue in self._queues and rest.isdigit():
-                self._wake_forwarder(int(rest))
+                self._wake_forwarder(int(rest), queue)
         else:
             self._cancel(queue, rest)
 

@@ -69,7 +69,7 @@ class Outcomes:
         outage: Outage,
         lease: Lease,
         claims: Dispatcher,
-        wake_forwarder: Callable[[int], None],
+        wake_forwarder: Callable[[int, str | None], None],
         flow_ends: Callable[[Mapping[str, list[End]]], None] = lambda ends: None,
     ) -> None:
         self._broker = broker
@@ -113,6 +113,7 @@ class Outcomes:
             # task is still in our (live) lease list: the audit gives it back.
             self._audit.mark([c.queue])
             return
+        self._audit.touch([c.queue])
         try:
             await self._write_failure(c, outcome)
         except BrokerUnavailable as exc:
@@ -165,7 +166,7 @@ class Outcomes:
                 )  # fmt: skip
             return
         if c.step:
-            self._flow_ends({})  # a step's end: the pump records it from the outbox
+            self._flow_ends({c.queue: []})  # the pump records it from the outbox
         if kind is Kind.REVOKE:
             log.info("task %s (%s) on %s: revoked", c.id, c.body.type, c.queue)
             return
@@ -176,7 +177,7 @@ class Outcomes:
             c.id, c.body.type, c.queue, attempt, c.max_retry + 1, where, o.error,
         )  # fmt: skip
         if kind is Kind.RETRY or kind is Kind.AGAIN:
-            self._wake_forwarder(due)
+            self._wake_forwarder(due, c.queue)
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class Outcomes:
             )
             replies, retried = [[] for _ in batch], True
             self._audit.mark(batch)
+        self._audit.touch(batch)
         self._acked(batch, replies[: len(calls)], retried)
         if any(c.step for items in batch.values() for c, _ in items):
             self._flow_ends(_step_ends(batch, replies[: len(calls)], retried))

@@ -364,7 +364,10 @@ class _Parts:
         self.forwarder = forwarder = Forwarder(broker, keys, outage)
         self.flows = flows = FlowPump(broker, list(keys), outage)
         janitor = Janitor(broker, keys, max_archived=w.max_archived, archive_ttl=w.archive_ttl)
-        self.reaper = Reaper(broker, keys, lease_ttl=w.lease_ttl, janitor=janitor, outage=outage)
+        self.reaper = Reaper(
+            broker, keys, lease_ttl=w.lease_ttl, janitor=janitor, outage=outage,
+            flow_ends=flows.ended,
+        )  # fmt: skip
         self.listener = listener = CancelListener(
             broker, w.queues, cancel=held.cancel, wake_forwarder=forwarder.wake, outage=outage
         )

@@ -21,7 +21,8 @@
 -- recovered once. An active task counts a failed attempt ("worker lost") and is
 -- archived once its retries are spent; a task moved but never started goes back as it
 -- was. Recovered tasks go to the head of their lanes: they have waited longest. The
--- slots they held are freed, once: their hold is gone with them.
+-- slots they held are freed, once: their hold is gone with them. The queue's bell rings
+-- once a lease was reaped.
 -- Returns {recovered, archived, archived ids...}.
 -- include: flow
 -- include: archive_task
@@ -36,6 +37,7 @@ local now, day = tonumber(ARGV[1]), ARGV[2]
 local FIRST_LEASE, FIRST_WORKER = 26, 3
 local recovered, n_archived = 0, 0
 local archived_ids = {}
+local reaped = false
 for w = FIRST_WORKER, #ARGV do
   local wid = ARGV[w]
   local lease = KEYS[FIRST_LEASE + w - FIRST_WORKER]
@@ -75,8 +77,12 @@ for w = FIRST_WORKER, #ARGV do
       end
     end
     redis.call('ZREM', leases, wid)
+    reaped = true
   end
 end
+-- A worker that died may have popped the queue's bell and never claimed what it
+-- announced: wake another to look.
+if reaped then ring(F) end
 local out = {recovered, n_archived}
 for _, id in ipairs(archived_ids) do out[#out + 1] = id end
 return out
