@@ -56,9 +56,11 @@ lint: $(STAMP)
 ## check: lint + test, the one gate
 check: lint test
 
-## bench: throughput, latency and memory benchmarks
+## bench: throughput, latency and memory benchmarks; cost curves plotted when matplotlib
+## is installed (`.venv/bin/pip install matplotlib`), the web workload driven by wrk when
+## installed (`apt-get install wrk`); options in ARGS, e.g. `make bench ARGS="--only scale_queues"`
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
 
 ## bench-peers: the same workloads for aqueue, arq, SAQ, streaq and taskiq in one run,
 ## each peer in its own .bench-venvs/<peer>/ (made on first use); the runner's options go

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import redis.exceptions as rexc
+
 from ._codec import decode_message, decode_value
 from ._cron import CronEntry, CronRun, CronSpec
 from ._limits import LimitInfo, LimitSpec
 from ._redis.broker import Broker
 from ._redis.keys import queue_keys, queues_key, worker_key, workers_key
 from ._task import TaskInfo, WorkerInfo, check_queue_name, from_ms
-from .errors import TaskNotFound
+from .errors import BrokerUnavailable, TaskNotFound
 
 # Per task, read_tasks reads these hash fields, then these sorted-set scores.
 _TASK_HASHES = ("states", "tasks", "retried", "errors", "failed_at", "results", "progress")
@@ -36,6 +38,19 @@ UNKNOWN_TTL_MS = 86_400_000
 
 def unknown_types_key(prefix: str, queue: str) -> str:
     return queue_keys(prefix, queue).base + "unknown"
+
+
+async def read_eviction_policy(broker: Broker) -> str | None:
+    """The server's ``maxmemory-policy``; None when CONFIG is refused (managed servers
+    often disable it). Anything but ``noeviction`` may evict tasks when memory runs out."""
+    try:
+        config: dict[Any, Any] = await broker.run(
+            lambda: broker.redis.config_get("maxmemory-policy")
+        )
+    except (BrokerUnavailable, rexc.ResponseError):
+        return None
+    value = config.get(b"maxmemory-policy", config.get("maxmemory-policy"))
+    return text(value) if value is not None else None
 
 
 async def read_unknown_types(

@@ -43,7 +43,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=240,  # every workload once, tiny: about a minute here
         check=False,
     )
 

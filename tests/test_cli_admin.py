@@ -19,7 +19,7 @@ import pytest
 
 import aqueue
 from aqueue import Context, Inspector, Job, Mux, Worker
-from aqueue.server import free_port
+from aqueue.server import EmbeddedServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -105,6 +105,20 @@ async def test_stats_shows_every_queue_at_a_glance(url: str) -> None:
 async def test_stats_on_an_empty_server_says_so(aqueue_url: str) -> None:
     result = await aqueue_cli("stats", url=aqueue_url)
     assert (result.code, result.out) == (0, "no queues yet; 0 live workers\n")
+
+
+async def test_stats_warns_of_a_server_that_evicts_keys() -> None:
+    """A server configured to evict (allkeys-lru) would drop tasks when full: `aqueue
+    stats` says so, as the worker does at start."""
+    with EmbeddedServer(free_port(), extra=["--maxmemory-policy", "allkeys-lru"]) as server:
+        async with aqueue.Client(server.url) as c:
+            await c.enqueue("t", 1)
+        result = await aqueue_cli("stats", url=server.url)
+        empty = await aqueue_cli("stats", url=server.url.rsplit("/", 1)[0] + "/3")
+    assert result.code == 0
+    assert "maxmemory-policy is 'allkeys-lru'" in result.out
+    assert "noeviction" in result.out
+    assert "maxmemory-policy is 'allkeys-lru'" in empty.out  # before any queue, too
 
 
 async def test_queue_ls_and_show(aqueue_url: str, client: aqueue.Client) -> None:

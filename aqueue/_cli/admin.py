@@ -23,7 +23,7 @@ from .._cancel import cancel_task
 from .._format import duration_cell, either, size
 from .._inspector import Inspector
 from .._limits import LimitInfo
-from .._reads import read_unknown_types
+from .._reads import read_eviction_policy, read_unknown_types
 from .._redis.broker import DEFAULT_URL, redacted
 from .._task import ACTION_STATES, Action, DailyStats, QueueInfo, State, TaskInfo
 from ..errors import AqueueError, QueueNotEmpty, QueueNotFound
@@ -165,8 +165,11 @@ async def cmd_stats(i: Inspector, args: argparse.Namespace) -> None:
             for q in infos
         ])  # fmt: skip
     workers = len(live)
+    evicting = _evicting(await read_eviction_policy(i.broker))
     if not infos:
         print(f"no queues yet; {plural(workers, 'live worker')}")
+        for line in evicting:
+            print(line)
         return
     headers = [
         "QUEUE", "PAUSED", "PENDING", "ACTIVE", "SCHEDULED", "RETRY", "ARCHIVED", "COMPLETED",
@@ -179,8 +182,20 @@ async def cmd_stats(i: Inspector, args: argparse.Namespace) -> None:
         f"PROCESSED and FAILED count attempts today ({today()} UTC). "
         f"LATENCY: how long the next pending task has waited. {plural(workers, 'live worker')}."
     )
-    for line in _stats_warnings(infos, served, unknown):
+    for line in _stats_warnings(infos, served, unknown) + evicting:
         print(line)
+
+
+def _evicting(policy: str | None) -> list[str]:
+    """A server that may evict keys when its memory is full would drop tasks."""
+    if policy is None or policy == "noeviction":
+        return []
+    return [
+        "",
+        f"WARNING: the server's maxmemory-policy is {policy!r}: when its memory is full it "
+        "evicts keys, tasks among them. Set maxmemory-policy noeviction (a full server "
+        "then refuses new tasks, and enqueue says so).",
+    ]
 
 
 def _stats_warnings(

@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--health-host", default=None, metavar="HOST",
         help=f"address the health probes bind (default {health.DEFAULT_HOST}: the pod's IP)",
     )  # fmt: skip
+    w.add_argument(
+        "--worker-id", default=None, metavar="ID",
+        help="a stable worker id (e.g. the pod's name): a restarted worker takes its "
+        "predecessor's tasks back at once; with --processes N, ID-1 .. ID-N",
+    )  # fmt: skip
     # A supervised child reports its health on this inherited pipe (supervisor.py).
     w.add_argument("--health-fd", type=int, default=None, help=argparse.SUPPRESS)
     d = sub.add_parser(
@@ -261,6 +266,9 @@ def make_worker(app: Mux | Worker, args: argparse.Namespace, url: str | None) ->
         changes["scheduler"] = False
     if args.shutdown_timeout is not None:
         changes["shutdown_timeout"] = args.shutdown_timeout
+    worker_id = getattr(args, "worker_id", None)
+    if worker_id is not None and getattr(args, "processes", None) is None:
+        changes["worker_id"] = worker_id  # with --processes, each child gets ID-<slot>
     try:
         if isinstance(app, Worker):
             return app.replace(url, **changes)
@@ -314,6 +322,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     url = args.url or os.environ.get("AQUEUE_URL")
     worker = make_worker(app, args, url)  # usage errors surface here, not in N children
+    if args.processes is not None and worker.options.get("worker_id") is not None:
+        raise UsageError(
+            "--processes: each process needs its own id; pass --worker-id ID (the "
+            "processes get ID-1 .. ID-N) instead of the Worker's worker_id"
+        )
     if args.processes is not None:
         from .supervisor import supervise
 

@@ -90,10 +90,12 @@ class Supervisor:
         *,
         grace: float | None = None,
         fleet: Fleet | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.children = [Child(i + 1) for i in range(processes)]
         self.fleet = fleet
         self.command = [sys.executable, "-m", "aqueue._cli", *argv]
+        self.worker_id = worker_id
         self.signals: list[signal.Signals] = []
         self.stopping = False
         # After a shutdown signal, children still running past this get SIGKILL: a
@@ -118,6 +120,9 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         command, fds = self.command, tuple[int, ...]()
+        if self.worker_id is not None:
+            # One stable id per slot: a restarted child takes its slot's tasks back.
+            command = [*command, "--worker-id", f"{self.worker_id}-{child.index}"]
         if self.fleet is not None:
             fd = self.fleet.open(child.index)
             command, fds = [*command, "--health-fd", str(fd)], (fd,)
@@ -230,12 +235,14 @@ def supervise(processes: int, args: argparse.Namespace, shutdown_timeout: float)
     # its last acks and requeue what it held.
     grace = shutdown_timeout + 30.0
     if args.health_port is None:
-        return Supervisor(processes, child_argv(args), grace=grace).run()
+        return Supervisor(processes, child_argv(args), grace=grace, worker_id=args.worker_id).run()
     fleet = Fleet(processes)
     host = args.health_host or DEFAULT_HOST
     server = HealthServer(host, args.health_port, fleet).start()
     try:
-        return Supervisor(processes, child_argv(args), grace=grace, fleet=fleet).run()
+        return Supervisor(
+            processes, child_argv(args), grace=grace, fleet=fleet, worker_id=args.worker_id
+        ).run()
     finally:
         server.close()
 

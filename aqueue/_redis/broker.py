@@ -259,10 +259,14 @@ class Broker:
         calls: Sequence[Call],
         extra: Sequence[Sequence[Any]] = (),
         conn: aioredis.Redis | None = None,
+        *,
+        in_place: bool = False,
     ) -> list[Any]:
         """Run several scripts (and plain commands in ``extra``) in one round trip.
 
-        Returns the scripts' replies in order, then the extra commands' replies. A reply
+        Returns the scripts' replies in order, then the extra commands' replies; an
+        error reply is raised, or with ``in_place`` left in its place (a caller that can
+        do without some of the commands: a full server refuses plain writes). A reply
         that failed for a forgotten script is retried once after loading that script:
         NOSCRIPT means the call never ran, so running it again is safe. The extra
         commands then run again after the retried calls, so that they still follow the
@@ -279,10 +283,10 @@ class Broker:
         if self.cluster and not notices_only and any(_is_notice(cmd) for cmd in extra):
             writes = [cmd for cmd in extra if not _is_notice(cmd)]
             notices = [cmd for cmd in extra if _is_notice(cmd)]
-            first = await self.scripts(calls, writes, conn)
+            first = await self.scripts(calls, writes, conn, in_place=in_place)
             sent = await self._send(r, notices)
             for rep in sent:
-                if isinstance(rep, BaseException):
+                if isinstance(rep, BaseException) and not in_place:
                     raise rep
             done = iter(first[len(calls) :])
             told = iter(sent)
@@ -297,6 +301,8 @@ class Broker:
             for i, rep in zip(missing, again, strict=False):
                 replies[i] = rep
             replies[len(calls) :] = again[len(missing) :]
+        if in_place:
+            return replies
         for rep in replies:
             if isinstance(rep, BaseException):
                 raise rep

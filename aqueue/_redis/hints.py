@@ -66,6 +66,13 @@ def _one(error: BaseException, url: str) -> str | None:
             f"the server has no database {db} (DB index is out of range: its `databases` "
             f"setting says how many it has)"
         )
+    if isinstance(error, rexc.OutOfMemoryError) or lowered.startswith("oom "):
+        return (
+            "the server is full (its memory reached maxmemory, and it evicts nothing): "
+            "it refused the write, nothing was written; workers keep finishing tasks, "
+            "which frees memory, or raise maxmemory "
+            f"({text})"
+        )
     if isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLCertVerificationError):
         return f"{TLS_HINT} ({text})"
     if "[SSL:" in text and "CERTIFICATE_VERIFY_FAILED" not in text:  # redis-py's wrapping

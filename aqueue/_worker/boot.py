@@ -2,7 +2,8 @@
 
 First contact pings the server, refuses one that is too old, registers the queue
 names, declares the limits of the worker's Mux (the latest started worker's declaration
-binds every worker's claims), takes the lease and subscribes to cancel requests. A
+binds every worker's claims), takes over from dead predecessors (``successor``), takes
+the lease and subscribes to cancel requests. A
 server that cannot be used yet (down, restarting, still loading its data) is waited
 for, with the backoff and log policy of an outage, when the caller wants to wait; what
 waiting cannot fix (refused credentials, a peer that is not Redis, a server without a
@@ -55,12 +56,14 @@ class Boot:
         outage: Outage,
         declarations: Mapping[str, Call] | None = None,
         limited: Collection[str] = (),
+        take_over: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._broker = broker
         self._queues = queues
         self._declarations = dict(declarations or {})
         self._limited = limited
         self._renew = renew
+        self._take_over = take_over
         self._listener = listener
         self._outage = outage
 
@@ -92,8 +95,12 @@ class Boot:
         await self._check_version()
         # Through ``scripts``: the hot path's own connections are tried at start too.
         register = [("SADD", queues_key(broker.prefix), *self._queues)]
-        await broker.run(lambda: broker.scripts([], register))
+        await broker.run(lambda: scripts_when_full(broker, [], register))
         await self.declare()
+        if self._take_over is not None:
+            # Before our lease is renewed: under a reused worker id, its lease lists
+            # are the predecessor's, and they go back first.
+            await self._take_over()
         await self._renew()
         await self._listener.subscribe()
 
@@ -106,7 +113,7 @@ class Boot:
             # before any task of it was enqueued.
             limited = self._limited
             register = [("SADD", queues_key(broker.prefix), *limited)] if limited else []
-            await broker.run(lambda: broker.scripts(list(declared.values()), register))
+            await broker.run(lambda: scripts_when_full(broker, list(declared.values()), register))
 
     async def _check_version(self) -> None:
         """Refuse a server older than aqueue supports: waiting will not upgrade it."""
@@ -152,6 +159,21 @@ class Boot:
                 "the server keeps nothing on disk (appendonly no, no save points): a "
                 "server restart loses every task"
             )
+
+
+async def scripts_when_full(
+    broker: Broker, calls: list[Call], extra: list[tuple[Any, ...]]
+) -> list[Any]:
+    """``broker.scripts``, except that plain writes a full server refuses (maxmemory
+    with noeviction: OOM) are let go: the registry they keep is written again at the
+    next heartbeat, and a worker must start and drain a full server (its scripts that
+    end, move or renew work run there: ``#!lua flags=allow-oom``)."""
+    replies = await broker.scripts(calls, extra, in_place=True)
+    for i, reply in enumerate(replies):
+        full = isinstance(reply, rexc.OutOfMemoryError) and i >= len(calls)
+        if isinstance(reply, BaseException) and not full:
+            raise reply
+    return replies
 
 
 def server_version(info: dict[Any, Any]) -> str | None:

@@ -29,9 +29,11 @@ from .._redis.broker import Broker
 from .._redis.keys import QueueKeys, lease_index_key, queues_key, worker_key, workers_key
 from ..errors import BrokerUnavailable
 from .audit import LeaseAudit
+from .boot import scripts_when_full
 from .held import Held
 from .outage import Outage
 from .runner import Claimed, Reason
+from .successor import process_namespace
 
 log = logging.getLogger("aqueue.worker")
 
@@ -85,6 +87,8 @@ class LeaseKeeper:
                 "concurrency": self._concurrency,
                 "started_at": int(time.time() * 1000),
                 "lease_ttl": self._ttl,
+                # Where the pid means something (``successor``).
+                "ns": process_namespace(),
             }
         return encode_value({**self._card_fields, "held": self._held.since()})
 
@@ -110,9 +114,11 @@ class LeaseKeeper:
         held = [(c.queue, c.id) for c in self._held]
         extra += [("SMISMEMBER", self._keys[q].cancels, i) for q, i in held]
         broker = self._broker
-        replies = await broker.run(lambda: broker.scripts(calls, extra))
+        # A full server (maxmemory, noeviction) refuses the registry's plain writes;
+        # the lease itself (an allow-oom script) must still be renewed.
+        replies = await broker.run(lambda: scripts_when_full(broker, calls, extra))
         for (q, i), asked in zip(held, replies[asked_from:], strict=True):
-            if asked and asked[0]:
+            if asked and not isinstance(asked, BaseException) and asked[0]:
                 self._held.cancel(q, i)
         self.valid_until = sent + self._ttl
         lost = False

@@ -44,6 +44,7 @@ from .reaper import Reaper
 from .runner import IsFailure, OnError, Reason, RetryDelay, Runner
 from .scheduler import Scheduler
 from .slots import Slots
+from .successor import check_worker_id, take_over
 from .unknown import UnknownTypes
 
 log = logging.getLogger("aqueue.worker")
@@ -76,6 +77,7 @@ class Worker:
         max_archived: int = 10_000,
         archive_ttl: float = 90 * 86400,
         prefix: str = DEFAULT_PREFIX,
+        worker_id: str | None = None,
     ) -> None:
         if not isinstance(mux, Mux):
             raise InvalidOption(f"Worker needs a Mux, got {mux!r}")
@@ -91,6 +93,7 @@ class Worker:
             "retry_delay": retry_delay, "is_failure": is_failure, "on_error": on_error,
             "scheduler": scheduler, "timeout": timeout, "batch_size": batch_size,
             "max_archived": max_archived, "archive_ttl": archive_ttl, "prefix": prefix,
+            "worker_id": worker_id,
         }  # fmt: skip
         self.queues = _weights(queues, mux)
         # Without queues=, the worker serves every queue its mux's handlers name; with
@@ -107,7 +110,10 @@ class Worker:
             raise InvalidOption(f"max_archived must be an int >= 0, got {max_archived!r}")
         self.max_archived = max_archived
         self.archive_ttl = seconds(archive_ttl, "archive_ttl")
-        self.id = uuid.uuid4().hex[:16]
+        # A stable id (a pod's name, a supervisor slot) lets a restarted worker take
+        # its predecessor's leases back at once (``successor``).
+        self._id_given = worker_id is not None
+        self.id = check_worker_id(worker_id) if worker_id is not None else uuid.uuid4().hex[:16]
         # Blocking claims hold a connection for BLOCK_SECONDS: reads may take that long.
         # One connection per blocking claim, per handler writing progress, plus the
         # acker, heartbeat, reaper and forwarder.
@@ -376,9 +382,17 @@ class _Parts:
             q: scripts.declare(queue_keys(broker.prefix, q), _encoded(d))
             for q, d in limits.items()
         }  # fmt: skip
+        reaper = self.reaper
+
+        async def succeed() -> None:
+            """End the leases of dead predecessors and reap them now."""
+            if await take_over(broker, w.id, keys, own_id_given=w._id_given):
+                await reaper.reap()
+
         self.boot = boot = Boot(
             broker, w.queues, renew=lease.renew, listener=listener, outage=outage,
             declarations=declarations, limited=[q for q, d in limits.items() if d],
+            take_over=succeed,
         )  # fmt: skip
         lease.redeclare = boot.declare
         self.dispatcher = dispatcher = Dispatcher(

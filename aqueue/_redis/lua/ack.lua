@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- ack: finish successful attempts of one queue, fenced by their tokens.
 --
 -- KEYS[1] lease      LIST  the worker's lease list for this queue

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- archive: move pending, scheduled or retry tasks of one queue to archived, without
 -- running them and without recording an error (Inspector.archive_task and archive_all).
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- cancel: cancel one task. A waiting task (pending, scheduled, retry) is archived at once
 -- without running; an active task is marked in the cancels set, which its worker
 -- honours (woken by pub/sub, or at its next heartbeat if it missed the message); a

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- cancel_flow: cancel a workflow (Inspector.cancel_flow). Steps not released yet are
 -- archived as cancelled here; steps in their queues are returned, for the caller to
 -- cancel one by one (their ends then come back through flow_done).

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- claim: move up to N pending tasks of one queue into a worker's lease list and mark
 -- each active under a fresh fencing token, within the queue's limits.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- declare: replace the limits declared for one queue (a worker starting: the latest
 -- started worker's declaration binds every worker's claims).
 --

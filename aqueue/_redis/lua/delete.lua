@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- delete: delete tasks of one queue that are not active, with everything stored about
 -- them (Inspector.delete_task and delete_all).
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- drop_queue: remove every key of one queue (Inspector.delete_queue).
 --
 -- KEYS[1] states     HASH  id -> state: one field per task, whatever its state

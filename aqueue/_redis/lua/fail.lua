@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fail: end a failed attempt of one task, fenced by its token.
 --
 -- KEYS[1] lease      LIST  the worker's lease list for this queue

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- flow_done: record the ends of steps of one workflow, each once, and release the steps
 -- that waited for them (flow keys only: a step's own queue is another slot; its ack put
 -- the end in the queue's outbox, and whoever drains that calls this).

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- forward: move due scheduled and retry tasks of one queue to its pending list.
 --
 -- KEYS[1] scheduled  ZSET  id -> due time (ms)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- heartbeat: renew a worker's lease on one or more queues.
 --
 -- KEYS[1..] leases   ZSET  worker id -> lease expiry (ms), of each queue

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- janitor: delete what has outlived its welcome in one queue, in bounded steps.
 --
 --   * completed tasks whose retention has passed;

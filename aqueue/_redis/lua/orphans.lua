@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- orphans: give back ids in a live worker's lease list that the worker does not hold.
 --
 -- They get there when a reply is lost: a claim ran on the server but the connection

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- outbox_done: take handled entries off an outbox (a queue's, or a workflow's), each
 -- once, searching from the tail, where the oldest entries are.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- reap: return the tasks of expired leases of one queue to the queue.
 --
 -- KEYS[1] leases     ZSET  worker id -> lease expiry (ms)

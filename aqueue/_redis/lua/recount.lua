@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- recount: flow control's housekeeping for one queue (the janitor runs it each sweep).
 --
 --   * The slots taken per limit (`running`) are counted again from the holds of the

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- requeue: give held tasks back to the head of their lanes without counting an attempt
 -- (graceful shutdown), then, if asked, drop whatever else the lease list still holds
 -- back to the queue too and deregister the worker's lease. Their slots are freed.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- trim_stats: forget a queue's daily counters older than the history kept.
 --
 -- KEYS[1] stats  HASH  "p"/"f" totals, "p:<YYYY-MM-DD>"/"f:<YYYY-MM-DD>" per UTC day
