@@ -50,6 +50,8 @@ SETTLE = 2.0
 LATENCY = 200
 IDLE_SECONDS = 5.0
 IMG = Path(__file__).parent / "img"
+# Below this --scale a run is a smoke run: no plot (its figures would replace the real ones).
+PLOT_FROM_SCALE = 0.1
 
 
 async def _commands(r: aioredis.Redis) -> int:
@@ -173,9 +175,16 @@ async def _delayed_point(b: Bench, delayed: int, drain: int, late: int) -> dict[
 
 
 def _plot(
-    name: str, xlabel: str, points: dict[int, dict[str, float]], panels: list[tuple[str, list[str]]]
+    b: Bench,
+    name: str,
+    xlabel: str,
+    points: dict[int, dict[str, float]],
+    panels: list[tuple[str, list[str]]],
 ) -> None:
-    """One PNG per curve (a panel per figure), when matplotlib is installed."""
+    """One PNG per curve (a panel per figure), when matplotlib is installed; none for a
+    smoke run."""
+    if b.scale < PLOT_FROM_SCALE:
+        return
     try:
         # Optional: not a dependency of the package nor of its tests.
         matplotlib: Any = importlib.import_module("matplotlib")
@@ -226,7 +235,7 @@ async def scale_queues(b: Bench) -> Result:
         runs = [await _point(b, queues, drain, _idle_seconds(b)) for _ in range(b.repeat)]
         points[queues] = _medians(runs)
         print(f"  {queues} queue(s): {json.dumps(points[queues])}", file=sys.stderr, flush=True)
-    _plot("scale_queues", "queues served", points, [
+    _plot(b, "scale_queues", "queues served", points, [
         ("drain (jobs/s)", ["drain_jobs_s"]),
         ("idle commands/s", ["idle_commands_s"]),
         ("idle latency (ms)", ["idle_p50_ms", "idle_p99_ms"]),
@@ -250,7 +259,7 @@ async def scale_backlog(b: Bench) -> Result:
         runs = [await _backlog_point(b, backlog, drain) for _ in range(b.repeat)]
         points[backlog] = _medians(runs)
         print(f"  backlog {backlog}: {json.dumps(points[backlog])}", file=sys.stderr, flush=True)
-    _plot("scale_backlog", "pending tasks", points, [
+    _plot(b, "scale_backlog", "pending tasks", points, [
         ("drain (jobs/s)", ["drain_jobs_s"]), ("server bytes per task", ["bytes_per_task"]),
     ])  # fmt: skip
     return _curve_result(
@@ -270,7 +279,7 @@ async def scale_delayed(b: Bench) -> Result:
         runs = [await _delayed_point(b, delayed, drain, late) for _ in range(b.repeat)]
         points[delayed] = _medians(runs)
         print(f"  delayed {delayed}: {json.dumps(points[delayed])}", file=sys.stderr, flush=True)
-    _plot("scale_delayed", "delayed tasks", points, [
+    _plot(b, "scale_delayed", "delayed tasks", points, [
         ("drain (jobs/s)", ["drain_jobs_s"]),
         ("a 1 s delay: start late by (ms)", ["late_p50_ms", "late_p99_ms"]),
     ])  # fmt: skip
@@ -301,7 +310,7 @@ async def scale_keys(b: Bench) -> Result:
             runs.append({"drain_jobs_s": await flow._drain(b, n, flow._new(n), job)})
         points[k] = _medians(runs)
         print(f"  {k} key(s): {json.dumps(points[k])}", file=sys.stderr, flush=True)
-    _plot("scale_keys", "limit keys", points, [("drain (jobs/s)", ["drain_jobs_s"])])
+    _plot(b, "scale_keys", "limit keys", points, [("drain (jobs/s)", ["drain_jobs_s"])])
     return _curve_result(
         "scale_keys", "jobs/s", points, "drain_jobs_s", "the same drain under one limit key"
     )
@@ -353,7 +362,7 @@ async def scale_workers(b: Bench) -> Result:
         runs = [await _idle_workers_point(b, workers, seconds) for _ in range(b.repeat)]
         points[workers] = _medians(runs)
         print(f"  {workers} worker(s): {json.dumps(points[workers])}", file=sys.stderr, flush=True)
-    _plot("scale_workers", "idle workers", points, [
+    _plot(b, "scale_workers", "idle workers", points, [
         ("idle commands/s", ["commands_s"]), ("per worker", ["commands_s_per_worker"]),
     ])  # fmt: skip
     xs = sorted(points)
