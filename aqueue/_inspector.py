@@ -173,7 +173,12 @@ class Inspector(Connected):
         check_queue_name(queue)
         b = self._broker
         k = queue_keys(b.prefix, queue)
-        commands = [("DEL", k.paused), ("SADD", queues_key(b.prefix), queue)]
+        # Ring the queue's bell (one token at most): its workers found it dry while it
+        # was paused and wait for a bell before they claim from it again.
+        commands = [
+            ("DEL", k.paused), ("SADD", queues_key(b.prefix), queue),
+            ("LPUSH", k.bell, "1"), ("LTRIM", k.bell, 0, 0),
+        ]  # fmt: skip
         await b.run(lambda: b.scripts([], commands))
 
     async def delete_queue(self, queue: str, force: bool = False) -> None:

@@ -111,6 +111,30 @@ async def test_a_delayed_task_in_any_of_many_queues_runs_on_time(url: str) -> No
     assert starts[0][1] - due < 0.5  # its notice named the queue: no pass over all 200
 
 
+async def test_a_resumed_queue_among_many_starts_at_once(url: str) -> None:
+    """Paused, a queue's claims come back short and the worker waits for its bell: the
+    resume rings it."""
+    if is_cluster(url):
+        pytest.skip("single server only: a cluster's bells are in different slots")
+    starts: list[tuple[str, float]] = []
+    async with (
+        aqueue.Client(url) as client,
+        aqueue.Inspector(url) as inspector,
+        aqueue.Worker(_mux(starts), url, queues=_queues(MANY), concurrency=10),
+    ):
+        await inspector.pause("m77")
+        info = await client.enqueue("mq:mark", queue="m77")
+        await anyio.sleep(1.5)  # claimed from while paused: dry
+        assert starts == []
+        resumed = time.time()
+        await inspector.resume("m77")
+        await wait_for(lambda: bool(starts), timeout=10)
+    assert starts[0][0] == info.id
+    # Within the 1 s a paused claim keeps the queue aside, plus the blocking wait: not
+    # the round robin over 200 dry queues (25 s).
+    assert starts[0][1] - resumed < 3.0
+
+
 async def test_a_bell_nobody_hears_is_found_by_looking_again(aqueue_url: str) -> None:
     """A worker that died between popping a queue's bell and claiming: the task waits
     for the round robin that looks at a few dry queues each idle second."""
