@@ -69,6 +69,14 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(PY) -m benchmarks.peers $(ARGS)
 
+## soak: the randomized fault soak (tests/soak/): worker processes under a seeded schedule of
+## SIGKILL, SIGSTOP, SIGTERM, server restarts (AOF always and everysec), cut, stalled
+## and slow connections, for 30 minutes on Valkey and then on Redis 7, judged by an
+## oracle; a 40-second form runs in `make test`. E.g. `make soak ARGS="--seed 7 --minutes 5"`
+.PHONY: soak
+soak: $(STAMP)
+	$(PY) -m tests.soak $(ARGS)
+
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

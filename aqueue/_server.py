@@ -52,8 +52,11 @@ class EmbeddedServer:
         appendfsync: str = "everysec",
         directory: str | os.PathLike[str] | None = None,
         extra: list[str] | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        # Another redis-server compatible binary (the soak runs Redis 7 too).
+        self.binary = binary
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self._own_dir = directory is None
@@ -69,7 +72,7 @@ class EmbeddedServer:
         if self.process is not None and self.process.poll() is None:
             raise AqueueError(f"the embedded server on port {self.port} is already running")
         args = [
-            server_binary(),
+            self.binary or server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
@@ -89,7 +92,7 @@ class EmbeddedServer:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise AqueueError(
-                    f"the embedded Valkey server exited at start (code "
+                    f"the embedded server exited at start (code "
                     f"{self.process.returncode}): {err or self.log_tail()}"
                 )
             if _answers(self.port):
