@@ -8,6 +8,7 @@ stored task hash and state, and one script call instead of one LPUSH.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import redis.asyncio as aioredis
@@ -66,14 +67,7 @@ async def _gather(b: Bench, client: aqueue.Client, name: str) -> Result:
     n = b.n(10_000)
     size = min(BATCH, n)
     async with _pooled(b.url) as r:
-
-        async def subject() -> float:
-            start = time.perf_counter()
-            for lo in range(0, n, size):
-                await asyncio.gather(
-                    *(client.enqueue(item, Item(n=i)) for i in range(lo, min(lo + size, n)))
-                )
-            return n / (time.perf_counter() - start)
+        subject = functools.partial(_enqueue_gathered, client, n, size)
 
         async def baseline() -> float:
             start = time.perf_counter()
@@ -102,6 +96,16 @@ async def _gather(b: Bench, client: aqueue.Client, name: str) -> Result:
     )
 
 
+async def _enqueue_gathered(client: aqueue.Client, n: int, size: int) -> float:
+    """``n`` ``enqueue`` calls, ``asyncio.gather`` of ``size`` at a time: tasks/s."""
+    start = time.perf_counter()
+    for lo in range(0, n, size):
+        await asyncio.gather(
+            *(client.enqueue(item, Item(n=i)) for i in range(lo, min(lo + size, n)))
+        )
+    return n / (time.perf_counter() - start)
+
+
 async def enqueue_gather_pipelined(b: Bench) -> Result:
     """The same gather of 1000 ``enqueue`` calls against the server's pipelined rate:
     redis-py pipelines of 1000 LPUSH (the issue's bar for concurrent enqueues, which
@@ -109,14 +113,7 @@ async def enqueue_gather_pipelined(b: Bench) -> Result:
     n = b.n(10_000)
     size = min(BATCH, n)
     async with aqueue.Client(b.url) as client, b.redis() as r:
-
-        async def subject() -> float:
-            start = time.perf_counter()
-            for lo in range(0, n, size):
-                await asyncio.gather(
-                    *(client.enqueue(item, Item(n=i)) for i in range(lo, min(lo + size, n)))
-                )
-            return n / (time.perf_counter() - start)
+        subject = functools.partial(_enqueue_gathered, client, n, size)
 
         async def baseline() -> float:
             start = time.perf_counter()

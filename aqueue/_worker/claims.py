@@ -48,6 +48,7 @@ from .outage import Outage
 from .processor import Handoff
 from .runner import Claimed
 from .slots import Slots
+from .turns import Turns
 
 log = logging.getLogger("aqueue.worker")
 
@@ -105,7 +106,7 @@ class Dispatcher:
         # Queues whose last claim came back short: not claimed from until their bell
         # rings (or a rate window opens, or the round robin of RECHECK gets to them).
         self._dry: set[str] = set()
-        self._recheck = 0
+        self._recheck = Turns()
         # Stride scheduling among many queues (``_stride``): each queue's pass.
         self._passes: dict[str, float] = {}
         # One blocking wait for every queue's bell on one server; one per queue on a
@@ -366,10 +367,7 @@ class Dispatcher:
             blocked = self._blocking.difference(heard)
             self._dry.intersection_update(blocked)
             return
-        ordered = self._order
-        for _ in range(min(RECHECK, len(ordered))):
-            self._dry.discard(ordered[self._recheck % len(ordered)])
-            self._recheck += 1
+        self._dry.difference_update(self._recheck.take(self._order, RECHECK))
 
     async def _ring(self, queues: list[str]) -> str | None:
         """Wait for a bell of ``queues``: the queue whose bell rang (a task may be

@@ -19,6 +19,7 @@ from .._redis.broker import Broker
 from .._redis.keys import queue_keys
 from ..errors import BrokerUnavailable
 from .outage import Outage
+from .turns import Turns
 
 # Seconds between sweeps of the outboxes and of the flows due, when nothing wakes it.
 SWEEP = 5.0
@@ -41,7 +42,7 @@ class FlowPump:
         self._sweeps = 0
         self._ends: dict[str, list[End]] = {}
         self._drain_now: set[str] = set()
-        self._turn = 0
+        self._turns = Turns()
 
     def ended(self, ends: Mapping[str, list[End]]) -> None:
         """Steps ended (their acks are written): record them now; a queue with no ends
@@ -86,10 +87,7 @@ class FlowPump:
         """The outboxes of ``LOOK_EACH_SWEEP`` queues in turn, until empty (one length
         read for all, then only those with something in them)."""
         b = self._broker
-        names = self._queues
-        if len(names) > LOOK_EACH_SWEEP:
-            names = [names[(self._turn + i) % len(names)] for i in range(LOOK_EACH_SWEEP)]
-            self._turn = (self._turn + LOOK_EACH_SWEEP) % len(self._queues)
+        names = self._turns.take(self._queues, LOOK_EACH_SWEEP)
         keys = [queue_keys(b.prefix, q).outbox for q in names]
         sizes = await b.run(lambda: b.scripts([], [("LLEN", k) for k in keys]))
         for queue, size in zip(names, sizes, strict=True):

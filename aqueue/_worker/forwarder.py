@@ -25,6 +25,7 @@ from .._redis.broker import Broker
 from .._redis.keys import QueueKeys
 from ..errors import BrokerUnavailable
 from .outage import Outage
+from .turns import Turns
 
 # Due tasks moved per queue and forwarder call; a larger backlog takes several calls.
 FORWARD_BATCH = 1000
@@ -48,7 +49,7 @@ class Forwarder:
         # Per queue, the next due time known (ms); 0: look at once; inf: none known.
         self._next: dict[str, float] = dict.fromkeys(keys, 0.0)
         self._names = list(keys)
-        self._turn = 0
+        self._turns = Turns()
         self._told: dict[str, float] = {}
 
     def wake(self, due_ms: int, queue: str | None = None) -> None:
@@ -66,10 +67,7 @@ class Forwarder:
         due = [q for q, t in self._next.items() if t <= now]
         names = self._names
         if len(names) > len(due):
-            chosen = set(due)
-            for _ in range(min(LOOK_EACH_PASS, len(names))):
-                chosen.add(names[self._turn % len(names)])
-                self._turn += 1
+            chosen = set(due).union(self._turns.take(names, LOOK_EACH_PASS))
             return [q for q in names if q in chosen]
         return due
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from .._redis import scripts
 from .._redis.broker import Broker
 from .._redis.keys import QueueKeys
+from .turns import Turns
 
 log = logging.getLogger("aqueue.worker")
 
@@ -41,22 +42,14 @@ class Janitor:
         self._max_archived = max_archived
         self._archive_ttl_ms = int(archive_ttl * 1000)
         self._names = list(keys)
-        self._turn = 0
-
-    def _slice(self) -> list[str]:
-        names = self._names
-        if len(names) <= SLICE:
-            return names
-        picked = [names[(self._turn + i) % len(names)] for i in range(SLICE)]
-        self._turn = (self._turn + SLICE) % len(names)
-        return picked
+        self._turns = Turns()
 
     async def sweep(self) -> int:
         """Delete what is due, in bounded calls until nothing is left to do; returns
         how many tasks were deleted."""
         broker = self._broker
         total = 0
-        names = self._slice()
+        names = self._turns.take(self._names, SLICE)
         queues = [self._keys[q] for q in names]
         calls = [scripts.recount(k, JANITOR_BATCH) for k in queues]
         recounts = await broker.run(functools.partial(broker.scripts, calls))

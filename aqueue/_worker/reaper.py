@@ -32,6 +32,7 @@ from ..errors import BrokerUnavailable
 from .janitor import Janitor
 from .outage import Outage
 from .runner import today
+from .turns import Turns
 
 log = logging.getLogger("aqueue.worker")
 
@@ -61,7 +62,7 @@ class Reaper:
         # Wakes the flow pump for the queues whose outboxes an archived step went to.
         self._flow_ends = flow_ends
         self._names = list(keys)
-        self._turn = 0
+        self._turns = Turns()
         # Dead workers (in the lease index) whose leases a full pass looked at.
         self._handled: set[str] = set()
 
@@ -89,12 +90,9 @@ class Reaper:
         dead = {x.decode() if isinstance(x, bytes) else str(x) for x in dead_raw}
         fresh = dead - self._handled
         self._handled = dead
-        names = self._names
-        if fresh or len(names) <= LOOK_EACH_PASS:
-            return names
-        picked = [names[(self._turn + i) % len(names)] for i in range(LOOK_EACH_PASS)]
-        self._turn = (self._turn + LOOK_EACH_PASS) % len(names)
-        return picked
+        if fresh:
+            return self._names
+        return self._turns.take(self._names, LOOK_EACH_PASS)
 
     async def reap(self) -> tuple[int, int]:
         """One pass; returns how many tasks were recovered and how many of them were
