@@ -1,7 +1,8 @@
 """The whole stack: a FastAPI app under uvicorn (one process, ``benchmarks/webapp.py``)
 whose ``POST /signup`` enqueues one task, driven by ``wrk`` (Debian's ``wrk`` package),
 against the same app with the enqueue removed: how much of a web app's capacity the
-enqueue costs (target: >= 0.9x the requests per second of the app without it).
+enqueue costs (target: >= 0.9x the requests per second of the app without it). The
+peers' runner drives its apps with the same functions (``app_under_load``).
 
 ``wrk`` is a C load generator: a Python driver takes more of the CPU the app needs on
 a small machine. Without ``wrk`` on the PATH a bounded Python driver (``py_drive``:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -20,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
 
-from .common import Bench, Result, percentile
+from .common import ROOT, Bench, Result, percentile
 
 CONNECTIONS = 50
 SECONDS = 5
@@ -45,6 +47,9 @@ class WrkRun:
         if rate is None:
             raise RuntimeError(f"wrk printed no rate:\n{out}")
         self.rate = float(rate.group(1))
+        requests = re.search(r"(\d+) requests in", out)
+        self.requests = int(requests.group(1)) if requests else 0
+        self.cpu_seconds = 0.0  # the app process's, over the run (``app_under_load``)
         self.p50 = _latency(out, "50%")
         self.p99 = _latency(out, "99%")
         errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -67,12 +72,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The command line of an app process, given the port it is to listen on.
+AppCommand = Callable[[int], list[str]]
+
+
+def webapp_command(system: str, url: str) -> AppCommand:
+    """``benchmarks.webapp`` for ``system`` (aqueue or none)."""
+    return lambda port: [sys.executable, "-m", "benchmarks.webapp", str(port), url, system]
+
+
 @contextlib.contextmanager
-def serving(system: str, url: str) -> Iterator[int]:
-    """``benchmarks.webapp`` for ``system`` on a free port, until it answers."""
+def serving(system: str, command: AppCommand) -> Iterator[tuple[int, int]]:
+    """The app ``command`` starts, on a free port, until it answers: its port and pid."""
     port = _free_port()
-    command = [sys.executable, "-m", "benchmarks.webapp", str(port), url, system]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command(port), cwd=ROOT, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -82,7 +95,7 @@ def serving(system: str, url: str) -> Iterator[int]:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise RuntimeError(f"the {system} web app did not start:\n{err}")
             time.sleep(0.05)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -93,6 +106,8 @@ class DriverRun:
 
     def __init__(self, latencies_ms: list[float], seconds: float, errors: int) -> None:
         self.rate = len(latencies_ms) / seconds
+        self.requests = len(latencies_ms)
+        self.cpu_seconds = 0.0
         self.p50 = percentile(latencies_ms, 50) if latencies_ms else 0.0
         self.p99 = percentile(latencies_ms, 99) if latencies_ms else 0.0
         self.errors = errors
@@ -149,20 +164,42 @@ def drive(port: int, seconds: int, script: Path) -> WrkRun | DriverRun:
 
 
 async def measure(system: str, url: str, seconds: int) -> WrkRun | DriverRun:
-    """The app for ``system`` under load: a warm-up second, then the measured run."""
+    """``benchmarks.webapp`` for ``system`` under load (``app_under_load``)."""
+    return await app_under_load(system, webapp_command(system, url), seconds)
+
+
+async def app_under_load(system: str, command: AppCommand, seconds: int) -> WrkRun | DriverRun:
+    """The app ``command`` starts under load: a warm-up second, then the measured run."""
 
     def run() -> WrkRun | DriverRun:
         with tempfile.TemporaryDirectory() as tmp:
             script = Path(tmp) / "post.lua"
             script.write_text(_POST)
-            with serving(system, url) as port:
+            with serving(system, command) as (port, pid):
                 drive(port, 1, script)  # connections open, code paths warm
+                before = cpu_seconds(pid)
                 result = drive(port, seconds, script)
+                result.cpu_seconds = cpu_seconds(pid) - before
         if result.errors:
             raise RuntimeError(f"{result.errors} requests failed against the {system} app")
         return result
 
     return await anyio.to_thread.run_sync(run)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used, from Linux's /proc; 0 elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # after the command's name
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def driver_name() -> str:
+    """What drives the apps on this machine (it goes with the figures)."""
+    return "wrk" if shutil.which("wrk") else "a Python driver (no wrk)"
 
 
 async def web_signup(b: Bench) -> Result:
@@ -180,10 +217,9 @@ async def web_signup(b: Bench) -> Result:
     rate, base = await b.alternate(subject, baseline)
     median = sorted(runs["aqueue"], key=lambda r: r.rate)[len(runs["aqueue"]) // 2]
     ceiling = sorted(runs["none"], key=lambda r: r.rate)[len(runs["none"]) // 2]
-    driver = "wrk" if shutil.which("wrk") else "a Python driver (no wrk)"
     return Result(
         "web_signup", CONNECTIONS, "req/s", rate, base,
-        f"the same app without the enqueue, {driver}", "higher",
+        f"the same app without the enqueue, {driver_name()}", "higher",
         extra={"p50_ms": median.p50, "p99_ms": median.p99,
                "ceiling_p50_ms": ceiling.p50, "ceiling_p99_ms": ceiling.p99},
     )  # fmt: skip

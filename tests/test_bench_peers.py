@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 
 import aqueue
+from benchmarks.common import Bench
 from benchmarks.peers import envs, kit
 from benchmarks.peers.child import info, load
+from benchmarks.peers.crash import Plan
+from benchmarks.peers.harness import Run
 from benchmarks.peers.report import Figure, Metric, as_dict, combine, ratio_cell, table
 from benchmarks.peers.runner import WORKLOADS, select, select_peers
 
@@ -32,6 +35,8 @@ ADAPTERS = sorted(PEERS_DIR.glob("adapter_*.py"))
 PEER_SIDE = [PEERS_DIR / "__init__.py", PEERS_DIR / "kit.py", PEERS_DIR / "child.py"]
 RATE = Metric("jobs/s", "higher")
 MS = Metric("ms", "lower")
+CRASH = Metric("s", "lower", (("lost", "lost {}"), ("twice", "twice {}")))
+WEB = Metric("req/s", "higher", (("req_p50_ms", "p50 {}"), ("req_p99_ms", "p99 {} ms")))
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -72,7 +77,10 @@ def test_each_adapter_compiles_and_defines_the_driver_contract(path: Path) -> No
     }
     assert contexts == {"producer", "worker"}
     jobs = {n.name for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
-    assert {"item", "noop", "stamp"} <= jobs
+    assert {"item", "noop", "stamp", "crash", "welcome"} <= jobs
+    producer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Producer")
+    methods = {n.name for n in producer.body if isinstance(n, ast.AsyncFunctionDef)}
+    assert {"item", "noop", "stamp", "crash", "signup"} <= methods
 
 
 @pytest.mark.parametrize("path", [p for p in ADAPTERS if p.stem != "adapter_aqueue"])
@@ -85,6 +93,13 @@ def test_peer_adapters_import_only_their_peer_the_stdlib_and_the_kit(path: Path)
 @pytest.mark.parametrize("path", PEER_SIDE, ids=lambda p: p.name)
 def test_the_driver_side_imports_only_the_standard_library(path: Path) -> None:
     assert imported_roots(path) <= {".", "__future__", *sys.stdlib_module_names}
+
+
+def test_the_web_app_imports_its_web_stack_and_no_system() -> None:
+    # It runs in every system's web environment: aqueue is not installed in a peer's.
+    stack = {"fastapi", "uvicorn", "msgspec", "__future__", *sys.stdlib_module_names}
+    assert imported_roots(ROOT / "benchmarks" / "signup_app.py") <= stack
+    assert imported_roots(PEERS_DIR / "webapp.py") <= {".", *stack}
 
 
 def test_the_aqueue_adapter_loads_and_reports_its_versions() -> None:
@@ -102,7 +117,24 @@ def test_peers_install_into_their_own_environment_never_dot_venv() -> None:
         assert command[:4] == [str(py), "-m", "pip", "install"]
         assert command[-len(envs.REQUIREMENTS[peer]) :] == list(envs.REQUIREMENTS[peer])
         assert "--upgrade" in envs.pip_command(peer, py, upgrade=True)
+        assert envs.python(peer, web=True).is_relative_to(ROOT / ".bench-venvs" / "web" / peer)
     assert ".bench-venvs/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_a_web_environment_is_the_systems_freeze_with_the_locked_web_stack(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "dev.txt"
+    lock.write_text("# pinned\nfastapi==0.100.0\nmsgspec==0.18.0\nuvicorn==0.30.0\n")
+    pins = envs.web_pins(lock)
+    assert pins == ("fastapi==0.100.0", "starlette", "pydantic", "uvicorn==0.30.0", "h11",
+                    "msgspec==0.18.0")  # fmt: skip
+    freeze = ["arq==0.28.0", "redis==5.3.1", "msgspec==0.22.0", "pydantic_core==2.50.5"]
+    wanted = envs.web_requirements("arq", freeze)
+    # The system's own versions stay; the web stack's come from the lock, for all alike.
+    assert wanted[:3] == ("arq==0.28.0", "redis==5.3.1", "pydantic_core==2.50.5")
+    assert wanted[3:] == envs.web_pins()
+    assert envs.web_requirements("aqueue", [])[:2] == ("--editable", str(ROOT))
 
 
 def test_workloads_and_peers_are_chosen_by_name_or_prefix_in_report_order() -> None:
@@ -166,6 +198,40 @@ def test_the_table_sets_systems_side_by_side_with_the_ratio_to_the_best_peer() -
         "3.00 / 20.0",
         "10.0 / 8.00",
         "0.50x vs streaq, p99 0.50x vs taskiq (lower is better)",
+    ]
+
+
+def test_cells_show_a_workloads_details_and_what_gave_up_at_its_cap() -> None:
+    grid = {
+        "crash_defaults": [
+            Figure("aqueue", "crash_defaults", 500, 16.5, {"lost": 0.0, "twice": 0.0}),
+            Figure("arq", "crash_defaults", 500, None, {"lost": 50.0, "twice": 0.0, "cap": 120}),
+            Figure("saq", "crash_defaults", 500, 62.0, {"lost": 0.0, "twice": 3.0}),
+        ],
+        "web_signup": [
+            Figure("aqueue", "web_signup", 50, 4740.0, {"req_p50_ms": 9.7, "req_p99_ms": 39.2}),
+            Figure("arq", "web_signup", 50, 1580.0, {"req_p50_ms": 30.4, "req_p99_ms": 55.5}),
+            Figure("saq", "web_signup", 50, 2370.0, {"req_p50_ms": 20.6, "req_p99_ms": 41.3}),
+        ],
+    }
+    columns = {"aqueue": "aqueue", "arq": "arq", "saq": "saq"}
+    text = table(grid, {"crash_defaults": CRASH, "web_signup": WEB}, columns)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()]
+    assert rows[2] == [
+        "crash_defaults (s)",
+        "500",
+        "16.5 (lost 0, twice 0)",
+        "> 120 (lost 50, twice 0)",
+        "62.0 (lost 0, twice 3)",
+        "0.27x vs saq (lower is better)",
+    ]
+    assert rows[3] == [
+        "web_signup (req/s)",
+        "50",
+        "4,740 (p50 9.70, p99 39.2 ms)",
+        "1,580 (p50 30.4, p99 55.5 ms)",
+        "2,370 (p50 20.6, p99 41.3 ms)",
+        "2.00x vs saq (higher is better)",
     ]
 
 
@@ -242,8 +308,43 @@ async def test_a_worker_that_ignores_cancellation_is_left_behind_not_awaited(
     await task
 
 
+def test_the_crash_workload_kills_a_full_worker_after_two_rounds_of_its_slots() -> None:
+    full = Plan.at(Run(Bench("redis://unused", scale=1)))
+    assert (full.jobs, full.concurrency, full.job_seconds, full.cap) == (500, 50, 2.0, 120.0)
+    assert full.kill_after == 100
+    tiny = Plan.at(Run(Bench("redis://unused", scale=0.005)))
+    assert (tiny.jobs, tiny.concurrency, tiny.kill_after) == (20, 2, 4)
+    assert tiny.job_seconds == pytest.approx(0.2)
+
+
+def test_aqueue_loses_nothing_and_waits_out_no_lease_when_its_worker_is_killed() -> None:
+    # `aqueue worker` at the defaults (lease_ttl 30 s), SIGKILLed holding every slot's
+    # task; a new one starts at once on this host and takes the dead one's tasks back.
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.peers", "--no-peers", "--here", "--scale", "0.005"),
+            *("--json", "--only", "crash_defaults"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (r,) = [json.loads(line) for line in done.stdout.splitlines()]
+    extra = r["extra"]
+    assert (extra["lost"], extra["twice"]) == (0, 0), r
+    assert extra["running_at_kill"] == extra["concurrency"] == 2, r
+    assert extra["done_at_kill"] >= 4, r
+    # 16 jobs of 0.2 s left on 2 slots take 1.6 s; a lease waited out would take 30 s.
+    assert r["value"] < aqueue.Worker(aqueue.Mux()).options["lease_ttl"] / 2, r
+
+
 def test_aqueue_alone_runs_end_to_end_through_the_child_driver() -> None:
-    workloads = ["enqueue_batch", "drain_noop", "latency_500", "worker_rss", "server_memory"]
+    workloads = [
+        "enqueue_batch", "drain_noop", "latency_500", "worker_rss", "server_memory", "web_signup"
+    ]  # fmt: skip
     done = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.peers", "--no-peers", "--here", "--scale", "0.005"),

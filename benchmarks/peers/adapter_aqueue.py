@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import msgspec
 import redis.asyncio as aioredis
 
 import aqueue
@@ -18,17 +19,27 @@ from aqueue._redis.broker import DEFAULT_PREFIX
 from aqueue._redis.keys import queue_keys
 
 from ..tasks import Item, Stamp
-from .kit import PROBE, Producer, Settled
+from .kit import PROBE, Producer, Settled, crash_job
 
 # Its distribution is aqueue-redis (`aqueue` on PyPI is another project).
 DISTRIBUTIONS = ("aqueue-redis", "redis", "hiredis", "msgspec")
 BATCH_API = "Client.enqueue_many"
-# Chosen: a blocking pool of 100 connections, as in the aqueue suite's enqueue_gather:
-# redis-py 8's default pool refuses a 101st concurrent connection, which 1000 gathered
-# enqueues would ask for. Serial and batch calls use one connection either way.
-POOL = 100
 
+# The crash workload serves this with the CLI: `aqueue worker benchmarks.peers.adapter_aqueue:mux`.
 mux = aqueue.Mux()
+
+
+class Crash(msgspec.Struct):
+    """Which of the crash workload's jobs this is."""
+
+    i: int
+
+
+class Welcome(msgspec.Struct):
+    """What the web app's ``POST /signup`` enqueues."""
+
+    email: str
+    plan: str
 
 
 def _quiet_storage_warning(record: logging.LogRecord) -> bool:
@@ -52,6 +63,16 @@ async def stamp(ctx: aqueue.Context, payload: Stamp) -> None:
     PROBE.done()
 
 
+@mux.task("bench:crash")
+async def crash(ctx: aqueue.Context, payload: Crash) -> None:
+    await crash_job(payload.i)
+
+
+@mux.task("bench:welcome")
+async def welcome(ctx: aqueue.Context, payload: Welcome) -> None:
+    """What the web app enqueues (never run)."""
+
+
 class _Producer(Producer):
     def __init__(self, client: aqueue.Client) -> None:
         self.client = client
@@ -71,11 +92,18 @@ class _Producer(Producer):
     async def noops(self, k: int) -> None:
         await self.client.enqueue_many([aqueue.Job(noop) for _ in range(k)])
 
+    async def crash(self, i: int) -> None:
+        await self.client.enqueue(crash, Crash(i=i))
+
+    async def signup(self, email: str, plan: str) -> None:
+        await self.client.enqueue(welcome, Welcome(email=email, plan=plan))
+
 
 @asynccontextmanager
 async def producer(url: str) -> AsyncIterator[Producer]:
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL, timeout=30)
-    async with aioredis.Redis.from_pool(pool) as r, aqueue.Client(r) as client:
+    # The default: a Client of a URL owns its connections (a blocking pool of 100, and
+    # the hot path's own; a Client handed a redis-py client goes through redis-py's).
+    async with aqueue.Client(url) as client:
         yield _Producer(client)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool  # type: ignore[import-not-found]
 from arq.worker import Worker  # type: ignore[import-not-found]
 
-from .kit import PROBE, Producer, Settled, background
+from .kit import PROBE, Producer, Settled, background, crash_job
 
 DISTRIBUTIONS = ("arq", "redis", "hiredis")
 BATCH_API = None  # arq has no batch enqueue
@@ -29,6 +29,14 @@ async def noop(ctx: dict[str, Any]) -> None:
 
 async def stamp(ctx: dict[str, Any], t: float) -> None:
     PROBE.stamp(t)
+
+
+async def crash(ctx: dict[str, Any], i: int) -> None:
+    await crash_job(i)
+
+
+async def welcome(ctx: dict[str, Any], email: str, plan: str) -> None:
+    """What the web app enqueues (never run)."""
 
 
 async def _after_job_end(ctx: dict[str, Any]) -> None:
@@ -49,6 +57,12 @@ class _Producer(Producer):
     async def stamp(self, t: float) -> None:
         await self.pool.enqueue_job("stamp", t)
 
+    async def crash(self, i: int) -> None:
+        await self.pool.enqueue_job("crash", i)
+
+    async def signup(self, email: str, plan: str) -> None:
+        await self.pool.enqueue_job("welcome", email, plan)
+
 
 @asynccontextmanager
 async def producer(url: str) -> AsyncIterator[Producer]:
@@ -62,7 +76,7 @@ async def producer(url: str) -> AsyncIterator[Producer]:
 @asynccontextmanager
 async def worker(url: str, concurrency: int) -> AsyncIterator[Settled]:
     w = Worker(
-        functions=[item, noop, stamp],
+        functions=[item, noop, stamp, crash, welcome],
         redis_settings=RedisSettings.from_dsn(url),
         # Chosen: max_jobs is arq's concurrency (default 10); every system gets 100.
         max_jobs=concurrency,

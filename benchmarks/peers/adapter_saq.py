@@ -11,7 +11,7 @@ from typing import Any
 
 from saq import Queue, Worker  # type: ignore[import-not-found]
 
-from .kit import PROBE, Producer, Settled, background
+from .kit import PROBE, Producer, Settled, background, crash_job
 
 DISTRIBUTIONS = ("saq", "redis", "hiredis")
 BATCH_API = None  # SAQ has no batch enqueue (``Queue.map`` enqueues one by one and waits)
@@ -27,6 +27,14 @@ async def noop(ctx: dict[str, Any]) -> None:
 
 async def stamp(ctx: dict[str, Any], *, t: float) -> None:
     PROBE.stamp(t)
+
+
+async def crash(ctx: dict[str, Any], *, i: int) -> None:
+    await crash_job(i)
+
+
+async def welcome(ctx: dict[str, Any], *, email: str, plan: str) -> None:
+    """What the web app enqueues (never run)."""
 
 
 async def _after_process(ctx: dict[str, Any]) -> None:
@@ -47,6 +55,12 @@ class _Producer(Producer):
     async def stamp(self, t: float) -> None:
         await self.queue.enqueue("stamp", t=t)
 
+    async def crash(self, i: int) -> None:
+        await self.queue.enqueue("crash", i=i)
+
+    async def signup(self, email: str, plan: str) -> None:
+        await self.queue.enqueue("welcome", email=email, plan=plan)
+
 
 @asynccontextmanager
 async def producer(url: str) -> AsyncIterator[Producer]:
@@ -63,7 +77,12 @@ async def worker(url: str, concurrency: int) -> AsyncIterator[Settled]:
     queue = Queue.from_url(url)
     await queue.connect()
     # Chosen: concurrency 100 (SAQ's default is 10), as for every system.
-    w = Worker(queue, [item, noop, stamp], concurrency=concurrency, after_process=_after_process)
+    w = Worker(
+        queue,
+        [item, noop, stamp, crash, welcome],
+        concurrency=concurrency,
+        after_process=_after_process,
+    )
 
     async def settled(n: int) -> bool:
         return PROBE.count >= n  # counted once SAQ has written each outcome

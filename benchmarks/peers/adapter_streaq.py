@@ -14,7 +14,7 @@ from typing import Any
 
 from streaq import Worker  # type: ignore[import-not-found]
 
-from .kit import PROBE, Producer, Settled, background
+from .kit import PROBE, Producer, Settled, background, crash_job
 
 DISTRIBUTIONS = ("streaq", "coredis")
 BATCH_API = "Worker.enqueue_many"
@@ -33,6 +33,14 @@ async def stamp(t: float) -> None:
     PROBE.done()
 
 
+async def crash(i: int) -> None:
+    await crash_job(i)
+
+
+async def welcome(email: str, plan: str) -> None:
+    """What the web app enqueues (never run)."""
+
+
 class _App:
     """A streaq Worker with the benchmark tasks registered: streaq enqueues through
     the same object that serves."""
@@ -42,6 +50,8 @@ class _App:
         self.item = self.worker.task(item)
         self.noop = self.worker.task(noop)
         self.stamp = self.worker.task(stamp)
+        self.crash = self.worker.task(crash)
+        self.welcome = self.worker.task(welcome)
 
 
 class _Producer(Producer):
@@ -56,6 +66,12 @@ class _Producer(Producer):
 
     async def stamp(self, t: float) -> None:
         await self.app.stamp.enqueue(t)
+
+    async def crash(self, i: int) -> None:
+        await self.app.crash.enqueue(i)
+
+    async def signup(self, email: str, plan: str) -> None:
+        await self.app.welcome.enqueue(email, plan)
 
     async def items(self, ns: Sequence[int]) -> None:
         await self.app.worker.enqueue_many([self.app.item.enqueue(n) for n in ns])

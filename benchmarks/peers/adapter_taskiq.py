@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from taskiq.api import run_receiver_task  # type: ignore[import-not-found]
 from taskiq_redis import RedisStreamBroker  # type: ignore[import-not-found]
 
-from .kit import PROBE, Producer, Settled, background
+from .kit import PROBE, Producer, Settled, background, crash_job
 
 DISTRIBUTIONS = ("taskiq", "taskiq-redis", "redis", "hiredis")
 BATCH_API = None  # taskiq has no batch kick
@@ -35,6 +35,14 @@ async def stamp(t: float) -> None:
     PROBE.done()
 
 
+async def crash(i: int) -> None:
+    await crash_job(i)
+
+
+async def welcome(email: str, plan: str) -> None:
+    """What the web app enqueues (never run)."""
+
+
 class _App:
     """A broker with the benchmark tasks registered (``register_task`` is the call form
     of taskiq's ``@broker.task`` decorator)."""
@@ -44,6 +52,8 @@ class _App:
         self.item = self.broker.register_task(item)
         self.noop = self.broker.register_task(noop)
         self.stamp = self.broker.register_task(stamp)
+        self.crash = self.broker.register_task(crash)
+        self.welcome = self.broker.register_task(welcome)
 
 
 class _Producer(Producer):
@@ -58,6 +68,12 @@ class _Producer(Producer):
 
     async def stamp(self, t: float) -> None:
         await self.app.stamp.kiq(t)
+
+    async def crash(self, i: int) -> None:
+        await self.app.crash.kiq(i)
+
+    async def signup(self, email: str, plan: str) -> None:
+        await self.app.welcome.kiq(email, plan)
 
 
 @asynccontextmanager

@@ -9,6 +9,8 @@ runner only)::
     python -m benchmarks.peers.child SYSTEM drain URL N CONCURRENCY TIMEOUT
     python -m benchmarks.peers.child SYSTEM serve URL N TIMEOUT
     python -m benchmarks.peers.child SYSTEM produce URL N RATE
+    python -m benchmarks.peers.child SYSTEM crash_fill URL N
+    python -m benchmarks.peers.child SYSTEM crash_serve URL CONCURRENCY
 
 Each prints one JSON line on stdout at the end (``serve`` prints ``ready`` first, and
 ``produce`` waits for a ``go`` line on stdin before it starts the clock):
@@ -22,7 +24,11 @@ Each prints one JSON line on stdout at the end (``serve`` prints ``ready`` first
 - ``serve``: a worker that runs one warm-up ``noop`` (so it is connected and
   polling), says ``ready``, then reports ``latencies_ms`` of the next N ``stamp`` jobs;
 - ``produce``: enqueues the warm-up ``noop``, waits for ``go``, then N ``stamp`` jobs
-  at RATE per second on a fixed schedule.
+  at RATE per second on a fixed schedule;
+- ``crash_fill``: N ``crash`` jobs, ``crash(0)`` to ``crash(N - 1)``, by gathers of 100;
+- ``crash_serve``: a worker of CONCURRENCY that serves until the process is killed
+  (the crash workload's, for the peers: aqueue's runs as ``aqueue worker``). It prints
+  nothing: its jobs write to the ledger (``kit.Ledger``).
 """
 
 from __future__ import annotations
@@ -118,6 +124,19 @@ async def produce(adapter: Adapter, url: str, n: int, rate: float) -> dict[str, 
     return {"n": n}
 
 
+async def crash_fill(adapter: Adapter, url: str, n: int) -> dict[str, Any]:
+    async with adapter.producer(url) as p:
+        for lo in range(0, n, 100):
+            await asyncio.gather(*(p.crash(i) for i in range(lo, min(lo + 100, n))))
+    return {"n": n}
+
+
+async def crash_serve(adapter: Adapter, url: str, concurrency: int) -> dict[str, Any]:
+    async with adapter.worker(url, concurrency) as _:
+        await asyncio.Event().wait()  # until the runner kills the process
+    return {}
+
+
 async def _produce(p: Producer, n: int, rate: float) -> None:
     start = time.monotonic()
     for i in range(n):
@@ -155,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("url")
     p.add_argument("n", type=int)
     p.add_argument("rate", type=float)
+    p = sub.add_parser("crash_fill")
+    p.add_argument("url")
+    p.add_argument("n", type=int)
+    p = sub.add_parser("crash_serve")
+    p.add_argument("url")
+    p.add_argument("concurrency", type=int)
     args = parser.parse_args(argv)
     # The systems' own per-job INFO lines stay off, as in a quiet production setup.
     logging.basicConfig(level=logging.WARNING)
@@ -171,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         work = drain(adapter, args.url, args.n, args.concurrency, args.timeout)
     elif args.mode == "serve":
         work = serve(adapter, args.url, args.n, args.timeout)
+    elif args.mode == "crash_fill":
+        work = crash_fill(adapter, args.url, args.n)
+    elif args.mode == "crash_serve":
+        work = crash_serve(adapter, args.url, args.concurrency)
     else:
         work = produce(adapter, args.url, args.n, args.rate)
     asyncio.run(report(work))

@@ -11,20 +11,24 @@ An adapter module (``adapter_<system>.py``) provides:
 
 The worker's jobs report to ``PROBE``: each finished job calls ``PROBE.done()`` (from the
 handler, or from a hook the system runs once it has recorded the outcome) and the
-latency job also calls ``PROBE.stamp(t)`` first thing. Three jobs exist in every
+latency job also calls ``PROBE.stamp(t)`` first thing. Five jobs exist in every
 system: ``item(n)`` (what the enqueue workloads write; never run), ``noop()`` (the
-backlog) and ``stamp(t)`` (latency; ``t`` is ``time.time()`` just before enqueueing).
+backlog), ``stamp(t)`` (latency; ``t`` is ``time.time()`` just before enqueueing),
+``crash(i)`` (the crash workload's: its handler is ``await crash_job(i)``, which writes
+to the ``LEDGER``) and ``welcome(email, plan)`` (what the web app enqueues; never run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 # ``await settled(n)``: is the outcome of at least n finished jobs written on the server
 # (acked, result stored, removed from the queue: whatever the system counts as done)?
@@ -57,6 +61,14 @@ class Producer:
     async def noops(self, k: int) -> None:
         """Enqueue k ``noop()`` with the system's batch API."""
         raise Unsupported("no batch enqueue API")
+
+    async def crash(self, i: int) -> None:
+        """Enqueue ``crash(i)``."""
+        raise NotImplementedError
+
+    async def signup(self, email: str, plan: str) -> None:
+        """Enqueue ``welcome(email, plan)``, as the web app's ``POST /signup`` does."""
+        raise NotImplementedError
 
 
 class Adapter(Protocol):
@@ -180,3 +192,76 @@ async def until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+class Ledger:
+    """Where the crash workload's jobs write that they started and that they finished,
+    on the benchmark's server, so that the runner counts from outside every system what
+    ran and how often: ``INCR STARTED`` at a job's start, ``HINCRBY DONE <i> 1`` at its
+    end (the job's own last act, before the system records the outcome).
+
+    Its own connection, speaking RESP with the standard library: the same few bytes
+    whatever the system's client. The worker process learns the server and the jobs'
+    length from its environment (``URL_ENV``, ``SECONDS_ENV``), which is how the runner
+    reaches the handlers of a worker started by a system's own CLI.
+    """
+
+    STARTED = "bench:crash:started"
+    DONE = "bench:crash:done"
+    URL_ENV = "BENCH_LEDGER_URL"
+    SECONDS_ENV = "BENCH_JOB_SECONDS"
+
+    def __init__(self) -> None:
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def job_seconds(self) -> float:
+        return float(os.environ.get(self.SECONDS_ENV, "2"))
+
+    async def call(self, *args: str) -> int:
+        """One command with an integer reply; one at a time on the connection."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._io is None:
+                self._io = await _connect(os.environ[self.URL_ENV])
+            reader, writer = self._io
+            writer.write(_resp(args))
+            line = await reader.readline()
+        if not line.startswith(b":"):
+            raise RuntimeError(f"the ledger's server replied {line!r} to {args[0]}")
+        return int(line[1:])
+
+
+LEDGER = Ledger()
+
+
+async def crash_job(i: int) -> None:
+    """The crash workload's job: it says it started, sleeps, says it ended."""
+    await LEDGER.call("INCR", Ledger.STARTED)
+    await asyncio.sleep(LEDGER.job_seconds)
+    await LEDGER.call("HINCRBY", Ledger.DONE, str(i), "1")
+
+
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``redis://host:port[/db]`` (what the embedded server hands out)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(
+        parts.hostname or "127.0.0.1", parts.port or 6379
+    )
+    db = parts.path.strip("/")
+    if db and db != "0":
+        writer.write(_resp(("SELECT", db)))
+        if not (await reader.readline()).startswith(b"+OK"):
+            raise RuntimeError(f"the ledger's server refused SELECT {db}")
+    return reader, writer
+
+
+def _resp(args: Sequence[str]) -> bytes:
+    """A command as RESP: an array of bulk strings."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)

@@ -13,10 +13,13 @@ AQUEUE = "aqueue"
 
 @dataclass(frozen=True)
 class Metric:
-    """What a workload measures: its unit and which way is good."""
+    """What a workload measures: its unit, which way is good, and the extras its table
+    cells show after the value, as (key, template) pairs: with ``("req_p99_ms", "p99 {}
+    ms")`` a cell reads ``4,740 (p99 39.2 ms)``."""
 
     unit: str
     better: Literal["higher", "lower"]
+    details: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -122,7 +125,7 @@ def table(
         latency = any("p99_ms" in f.extra for f in figures)
         unit = f"p50 / p99 {metric.unit}" if latency else metric.unit
         n = max((f.n for f in figures), default=0)
-        cells = [_cell(by_system.get(s), latency) for s in columns]
+        cells = [_cell(by_system.get(s), latency, metric.details) for s in columns]
         keys = ("", "p99_ms") if latency else ("",)
         rows.append((f"{workload} ({unit})", f"{n:,}", *cells, ratio_cell(figures, metric, keys)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -134,16 +137,24 @@ def table(
     return "\n".join(lines)
 
 
-def _cell(f: Figure | None, latency: bool) -> str:
+def _cell(f: Figure | None, latency: bool, details: Sequence[tuple[str, str]] = ()) -> str:
     if f is None:
         return ""
     if f.error:
         return "failed"
+    shown = [form.format(_count(f.extra[key])) for key, form in details if key in f.extra]
+    after = f" ({', '.join(shown)})" if shown else ""
     if f.value is None:
-        return "-"
+        # A workload that gave up at a deadline (``cap``) says so: ``> 120 (lost 50, ...)``.
+        return f"> {num(f.extra['cap'])}{after}" if "cap" in f.extra else "-"
     if latency:
         return f"{num(f.value)} / {num(f.extra.get('p99_ms', float('nan')))}"
-    return num(f.value)
+    return num(f.value) + after
+
+
+def _count(x: float) -> str:
+    """A detail: whole numbers (counts) as such, other figures as ``num`` has them."""
+    return f"{x:,.0f}" if float(x).is_integer() else num(x)
 
 
 def _get(f: Figure, key: str) -> float | None:

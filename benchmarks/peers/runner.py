@@ -22,9 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -34,60 +32,13 @@ from aqueue.server import EmbeddedServer
 from ..cli import server_version
 from ..common import ROOT, Bench, percentile
 from . import envs
+from .crash import crash_defaults
+from .harness import MAX_LINE, ChildFailed, Run, System, command, failure, last_json
 from .report import AQUEUE, Figure, Metric, as_dict, combine, table
+from .web import web_signup
 
 CONCURRENCY = 100  # one worker process, 100 jobs at a time, for every system
 LATENCY_SECONDS = 3.0  # per rate at scale 1, as in the aqueue suite
-MAX_LINE = 1 << 24
-
-
-@dataclass
-class System:
-    """aqueue or a peer: the interpreter its children run with, what it reports."""
-
-    name: str
-    python: str
-    versions: dict[str, str]
-    batch_api: str | None
-
-    @property
-    def version(self) -> str:
-        """The system's own version: its distribution comes first (``kit``)."""
-        return next(iter(self.versions.values()), "?")
-
-
-class ChildFailed(Exception):
-    """Raised when a benchmark child process exits with an error or says nonsense."""
-
-
-class Run:
-    """The run's server, scale and repeats, and the memo workloads share."""
-
-    def __init__(self, bench: Bench) -> None:
-        self.bench = bench
-        self.url = bench.url
-        # (system, round) -> the no-op backlog's figures: drain, RSS and memory.
-        self.backlogs: dict[tuple[str, int], dict[str, float]] = {}
-
-    async def child(self, system: System, *args: object, timeout: float) -> dict[str, Any]:
-        """Run one child to completion; its last stdout line, parsed."""
-        command = _command(system, *args)
-        with tempfile.TemporaryFile() as err:
-            with anyio.fail_after(timeout):
-                done = await anyio.run_process(command, cwd=ROOT, stderr=err, check=False)
-            if done.returncode != 0:
-                raise ChildFailed(_failure(system, args, done.returncode, err))
-        return _last_json(done.stdout, system, args)
-
-    async def used_memory(self) -> int:
-        """``used_memory`` once only this connection is left: a finished child's
-        connections are freed a moment after it exits, and they weigh far more than
-        the jobs."""
-        async with self.bench.redis() as r:
-            with anyio.fail_after(10):
-                while int((await r.info("clients"))["connected_clients"]) > 1:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            return int((await r.info("memory"))["used_memory"])
 
 
 Workload = Callable[[Run, System, int], Awaitable[Figure]]
@@ -159,8 +110,8 @@ async def latency(run: Run, s: System, rate: int) -> Figure:
     the worker reports each job's enqueue-to-handler-start time."""
     n = max(10, round(rate * LATENCY_SECONDS * run.bench.scale))
     limit = n / rate + 30
-    serve = _command(s, "serve", run.url, n, limit)
-    produce = _command(s, "produce", run.url, n, rate)
+    serve = command(s, "serve", run.url, n, limit)
+    produce = command(s, "produce", run.url, n, rate)
     with tempfile.TemporaryFile() as err, anyio.fail_after(limit + 30):
         async with (
             await anyio.open_process(serve, cwd=ROOT, stderr=err) as worker,
@@ -174,19 +125,19 @@ async def latency(run: Run, s: System, rate: int) -> Figure:
                     raise ChildFailed(f"{s.name}'s latency worker said {ready!r}, not ready")
                 await producer.stdin.send(b"go\n")
                 if await producer.wait() != 0:
-                    raise ChildFailed(_failure(s, ("produce",), producer.returncode, err))
+                    raise ChildFailed(failure(s, ("produce",), producer.returncode, err))
                 line = await out.receive_until(b"\n", MAX_LINE)
                 if await worker.wait() != 0:
-                    raise ChildFailed(_failure(s, ("serve",), worker.returncode, err))
+                    raise ChildFailed(failure(s, ("serve",), worker.returncode, err))
             except (anyio.EndOfStream, anyio.IncompleteRead):
                 code = await worker.wait()
-                raise ChildFailed(_failure(s, ("serve",), code, err)) from None
+                raise ChildFailed(failure(s, ("serve",), code, err)) from None
             except BaseException:
                 for proc in (worker, producer):
                     if proc.returncode is None:
                         proc.kill()
                 raise
-    latencies: list[float] = _last_json(line, s, ("serve",))["latencies_ms"]
+    latencies: list[float] = last_json(line, s, ("serve",))["latencies_ms"]
     return Figure(
         s.name,
         f"latency_{rate}",
@@ -221,6 +172,26 @@ WORKLOADS: dict[str, tuple[Workload, Metric, str]] = {
         server_memory,
         Metric("bytes/job", "lower"),
         "server used_memory per pending no-op job",
+    ),
+    "crash_defaults": (
+        crash_defaults,
+        Metric("s", "lower", (("lost", "lost {}"), ("twice", "twice {}"))),
+        "defaults: a worker SIGKILLed holding 50 2 s jobs, a new one started at once; "
+        "seconds to the last job, jobs lost, jobs run twice",
+    ),
+    "web_signup": (
+        web_signup,
+        Metric(
+            "req/s",
+            "higher",
+            (
+                ("req_p50_ms", "p50 {}"),
+                ("req_p99_ms", "p99 {} ms"),
+                ("cpu_us", "{} µs CPU/req"),
+                ("alone_rps", "no enqueue {}"),
+            ),
+        ),
+        "FastAPI POST /signup enqueuing one job, uvicorn (1 process), 50 connections",
     ),
 }
 METRICS = {name: metric for name, (_, metric, _) in WORKLOADS.items()}
@@ -279,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers = [] if args.no_peers else select_peers(args.peers)
     except ValueError as exc:
         parser.error(str(exc))
-    systems, broken = prepare(peers, upgrade=args.upgrade, here=args.here)
+    web = "web_signup" in names
+    systems, broken = prepare(peers, upgrade=args.upgrade, here=args.here, web=web)
     started = time.perf_counter()
     with EmbeddedServer() as server:
         run = Run(Bench(server.url, scale=args.scale, repeat=args.repeat))
@@ -314,9 +286,10 @@ def select_peers(chosen: Sequence[str] | None) -> list[str]:
 
 
 def prepare(
-    peers: Sequence[str], *, upgrade: bool, here: bool = False
+    peers: Sequence[str], *, upgrade: bool, here: bool = False, web: bool = False
 ) -> tuple[list[System], list[str]]:
-    """aqueue and each peer whose environment is ready, and the peers that are not."""
+    """aqueue and each peer whose environment is ready, and the peers that are not;
+    with ``web``, each one's web environment too (``System.web_python``)."""
     pythons: dict[str, Path] = {AQUEUE: Path(sys.executable)} if here else {}
     broken: list[str] = []
     for peer in [*([] if here else [AQUEUE]), *peers]:
@@ -327,15 +300,30 @@ def prepare(
             broken.append(peer)
     systems: list[System] = []
     for name, py in pythons.items():
-        command = [str(py), "-m", "benchmarks.peers.child", name, "info"]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        info_command = [str(py), "-m", "benchmarks.peers.child", name, "info"]
+        done = subprocess.run(info_command, cwd=ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(f"skipping {name}: {done.stderr.strip()[-2000:]}", file=sys.stderr)
             broken.append(name)
             continue
         info = json.loads(done.stdout.splitlines()[-1])
-        systems.append(System(name, str(py), info["versions"], info["batch_api"]))
+        system = System(name, str(py), info["versions"], info["batch_api"])
+        if web:
+            _prepare_web(system, here=here and name == AQUEUE)
+        systems.append(system)
     return systems, broken
+
+
+def _prepare_web(system: System, *, here: bool) -> None:
+    """Make ``system``'s web environment; a failure fails its web workload alone."""
+    if here:  # this interpreter: the project's .venv has the web stack
+        system.web_python = sys.executable
+        return
+    try:
+        system.web_python = str(envs.ensure(system.name, web=True))
+    except envs.EnvError as exc:
+        print(f"no web_signup for {system.name}: {exc}", file=sys.stderr, flush=True)
+        system.web_error = str(exc).splitlines()[0]
 
 
 async def run_all(
@@ -412,23 +400,3 @@ def _commit() -> str:
         return "an unknown commit"
     dirty = " (aqueue/ modified)" if status.stdout.strip() else ""
     return f"commit {head.stdout.strip()}{dirty}"
-
-
-def _command(system: System, *args: object) -> list[str]:
-    return [system.python, "-m", "benchmarks.peers.child", system.name, *map(str, args)]
-
-
-def _failure(system: System, args: Sequence[object], code: int | None, err: IO[bytes]) -> str:
-    err.seek(0)
-    tail = err.read().decode(errors="replace").strip().splitlines()[-20:]
-    mode = args[0] if args else "?"
-    return f"{system.name} {mode} exited with {code}:\n" + "\n".join(tail)
-
-
-def _last_json(stdout: bytes, system: System, args: Sequence[object]) -> dict[str, Any]:
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    try:
-        out: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise ChildFailed(f"{system.name} {args[0]} printed {stdout[-500:]!r}") from None
-    return out
