@@ -75,8 +75,10 @@ class LeaseAudit:
         return not self._suspect <= busy
 
     async def run(self, busy: Set[str]) -> None:
-        """Audit the suspect queues, except those in ``busy``: a blocking claim in
-        flight may have moved an id there that is not an orphan."""
+        """Audit the suspect queues, except those in ``busy``: a claim in flight (a
+        blocking one, or one riding in the ack writer's round trip) may have moved an id
+        there that is not held yet and is no orphan. (Auditing those was a double run:
+        the claimed id went back to the queue while its claimer started it too.)"""
         queues = sorted(self._suspect - busy)
         calls: list[Call] = [
             scripts.orphans(self._keys[q], self._leases[q], self._held.ids(q)) for q in queues

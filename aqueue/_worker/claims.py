@@ -80,6 +80,8 @@ class Dispatcher:
         audit: LeaseAudit,
         outage: Outage,
         renew: Callable[[], Awaitable[None]],
+        lease_left: Callable[[], float] = lambda: float("inf"),
+        lease_ttl: float = 30.0,
     ) -> None:
         self._broker = broker
         self._keys = keys
@@ -96,6 +98,12 @@ class Dispatcher:
         self._audit = audit
         self._outage = outage
         self._renew = renew
+        # Seconds our lease is still known to be good for, and the least we claim with:
+        # a heartbeat that missed its beats (a server outage, a long renewal) would
+        # otherwise let us claim tasks moments before our lease lapses, only to drop
+        # them and have them run again. Below it, we renew before claiming.
+        self._lease_left = lease_left
+        self._least_lease = lease_ttl / 3
         self._stopping = False
         self._seq = 0
         self._paused_until: dict[str, float] = {}
@@ -113,6 +121,10 @@ class Dispatcher:
         # cluster, whose bells are in different slots.
         self._together = not broker.cluster
         self._blocking: set[str] = set()
+        # Queues with claims in flight in the ack writer's round trip (``after_acks``
+        # until ``landed``): like a blocking claim in flight, they may have moved ids into
+        # our lease list that are not held yet, so the audit leaves those queues alone.
+        self._riding: Counter[str] = Counter()
         self._blockers: anyio.abc.TaskGroup | None = None
         # Set, and replaced, whenever a blocking claim ends (or to stop).
         self._event = anyio.Event()
@@ -136,10 +148,11 @@ class Dispatcher:
         self._event = anyio.Event()
 
     async def _fill(self) -> None:
-        slots, audit, blocking = self._slots, self._audit, self._blocking
+        slots, audit = self._slots, self._audit
         while not self._stopping:
-            if audit.due(blocking):
-                await audit.run(blocking)
+            busy = self._blocking.union(self._riding)
+            if audit.due(busy):
+                await audit.run(busy)
             if slots.free <= 0:
                 await slots.wait()
                 continue
@@ -213,6 +226,12 @@ class Dispatcher:
         concurrent claim can never overshoot the concurrency limit (a blocking claim's
         slot was ``reserved`` before it blocked).
         """
+        if self._lease_left() < self._least_lease:
+            try:
+                await self._renew()
+            except BrokerUnavailable as exc:
+                await self._outage.failed(exc)
+                return {}
         calls = self._calls(plan)
         if not reserved:
             self._slots.take(sum(plan.values()))
@@ -232,8 +251,9 @@ class Dispatcher:
         """The claims to send with ``n`` acks, their slots taken: some while every slot
         is taken (the ack writer's round trip then saves the dispatcher one) or while a
         limit holds tasks back (the acks may free its slots: the claims run right after
-        them), and none while stopping or while a queue waits for its audit."""
-        if self._stopping or not self._audit.clear:
+        them), and none while stopping, while a queue waits for its audit or while our
+        lease needs renewing first."""
+        if self._stopping or not self._audit.clear or self._lease_left() < self._least_lease:
             return {}, []
         if self._slots.awaited:
             plan = self._plan(min(n, self._batch_size))
@@ -243,7 +263,14 @@ class Dispatcher:
         else:
             return {}, []
         self._slots.take(sum(plan.values()))
+        self._riding.update(plan.keys())
         return plan, self._calls(plan)
+
+    def landed(self, plan: Mapping[str, int]) -> None:
+        """The claims ``after_acks`` planned were handed to ``claimed`` or ``lost`` (or
+        never sent): the audit may look at those queues again."""
+        self._riding.subtract(plan.keys())
+        self._riding = +self._riding  # drop the queues at zero
 
     def lost(self, plan: Mapping[str, int], reserved: bool = False) -> None:
         """The claim may have run with its reply lost: audit these lease lists."""

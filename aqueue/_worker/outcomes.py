@@ -201,6 +201,19 @@ class Outcomes:
         # round trip: the server runs the claims after the acks, so the worker never
         # holds more tasks than slots, and a claim costs no round trip of its own.
         plan, claims = self._claims.after_acks(sum(len(v) for v in batch.values()))
+        try:
+            await self._flush(batch, calls, notices, plan, claims)
+        finally:
+            self._claims.landed(plan)
+
+    async def _flush(
+        self,
+        batch: Acks,
+        calls: list[Call],
+        notices: list[tuple[Any, ...]],
+        plan: dict[str, int],
+        claims: list[Call],
+    ) -> None:
         unsent = claims
 
         def write() -> Awaitable[list[Any]]:
