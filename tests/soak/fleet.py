@@ -76,6 +76,12 @@ class Slot:
                 stderr=out,
             )
 
+    def live_ids(self) -> list[str]:
+        """The worker ids of the slot's command now."""
+        if self.processes > 1:
+            return [f"{self.worker_id}-{i}" for i in range(1, self.processes + 1)]
+        return [self.worker_id]
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 

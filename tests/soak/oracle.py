@@ -44,6 +44,7 @@ from .record import Enqueued, Event, read_enqueued, read_events
 
 PREFIX = "aq"
 SLACK = 0.5  # seconds: how late a start may be recorded after its claim
+NET = ("cut", "stall", "slow")
 _QUEUE_FIELDS = set(QueueKeys.__slots__) - {"base"}
 _FLOW_FIELDS = {"meta", "tpl", "shape", "ended", "results", "errors", "released", "outbox"}
 _GLOBAL = {"queues", "workers", "leases", "flows", "flows:due", "flows:stats"}
@@ -63,10 +64,20 @@ class Verdict:
 
 
 class Oracle:
-    def __init__(self, server: aioredis.Redis, record: aioredis.Redis, faults: list[Done]) -> None:
+    def __init__(
+        self,
+        server: aioredis.Redis,
+        record: aioredis.Redis,
+        faults: list[Done],
+        *,
+        pid_slot: dict[int, int] | None = None,
+        lease_ttl: float = 6.0,
+    ) -> None:
         self.s = server  # decode_responses=True
         self.record = record
         self.faults = [f for f in faults if not f.skipped]
+        self.pid_slot = pid_slot or {}
+        self.lease_ttl = lease_ttl
         self.v = Verdict()
 
     async def judge(self) -> Verdict:
@@ -126,10 +137,19 @@ class Oracle:
 
     # -- nothing run twice without cause -----------------------------------------------
 
+    def _hits(self, d: Done, pid: int) -> bool:
+        """Whether fault ``d`` hit process ``pid``: it was signalled, or the fault was
+        on the path of its slot (whichever process ran there), or on the server."""
+        if d.kind == "server" or pid in d.pids:
+            return True
+        return d.kind in NET and self.pid_slot.get(pid) == d.slot
+
     def _touched(self, pid: int, t0: float, t1: float) -> Done | None:
-        """A fault on ``pid`` (or the server) active at some time in [t0, t1]."""
+        """A fault on ``pid`` (or its path, or the server) that was active, or whose
+        effect could still be felt, at some time in [t0, t1]: a lease whose renewals
+        failed during a fault lapses up to ``lease_ttl`` after it ended."""
         for d in self.faults:
-            if (pid in d.pids or d.kind == "server") and d.t0 <= t1 and d.t1 >= t0:
+            if self._hits(d, pid) and d.t0 <= t1 and d.t1 + self.lease_ttl >= t0:
                 return d
         return None
 
@@ -145,8 +165,8 @@ class Oracle:
                 if cause is None:
                     self.v.fail(
                         f"task {after.id} ({after.type}, {after.key or '-'}) started again "
-                        f"(pid {after.pid}, retry {after.retry}) after a start by pid "
-                        f"{before.pid} with no fault to explain it"
+                        f"(pid {after.pid}, retry {after.retry}, at {after.t:.3f}) after a "
+                        f"start by pid {before.pid} at {before.t:.3f} with no fault to explain it"
                     )
                 else:
                     again[cause.kind] += 1
@@ -211,7 +231,7 @@ class Oracle:
     def _cut(self, s: Event, end: float) -> float:
         """Where a run stops counting: its finish, or the first fault on its process."""
         for d in self.faults:
-            if s.pid in d.pids and s.t <= d.t0 < end:
+            if d.kind != "server" and self._hits(d, s.pid) and s.t <= d.t0 < end:
                 end = d.t0
         return end
 
@@ -277,6 +297,9 @@ class Oracle:
             for name, n in sizes.items():
                 if n:
                     self.v.fail(f"queue {q}: {n} entries left in {name}")
+            if sizes["leases"]:
+                left = strs(await s.zrange(k.leases, 0, -1))
+                self.v.fail(f"queue {q}: leases of {left} left (none may outlive its worker)")
             running = await hash_of(s, k.running)
             held = {f: v for f, v in running.items() if v not in ("0", "")}
             if held:

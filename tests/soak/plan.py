@@ -99,13 +99,29 @@ class Faults:
         self._life_busy: set[int] = set()
         self._net_busy: set[int] = set()
         self._server_busy = False
+        # Every process seen in each slot (sampled): a fault on a slot's path hits the
+        # processes started in it while the fault lasted too.
+        self.pid_slot: dict[int, int] = {}
 
     async def run(self, plan: list[Planned]) -> None:
         start = time.monotonic()
         async with anyio.create_task_group() as tg:
-            for p in plan:
-                await anyio.sleep(max(0.0, start + p.at - time.monotonic()))
-                tg.start_soon(self._one, p)
+            tg.start_soon(self._sample)
+            async with anyio.create_task_group() as faults:
+                for p in plan:
+                    await anyio.sleep(max(0.0, start + p.at - time.monotonic()))
+                    faults.start_soon(self._one, p)
+            tg.cancel_scope.cancel()
+
+    async def _sample(self) -> None:
+        while True:
+            self.see()
+            await anyio.sleep(0.1)
+
+    def see(self) -> None:
+        for s in self.slots:
+            for pid in s.all_pids():
+                self.pid_slot[pid] = s.n
 
     async def _one(self, p: Planned) -> None:
         slot = self.slots[p.slot]

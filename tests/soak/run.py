@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import msgspec
 import redis.asyncio as aioredis
 
 import aqueue
@@ -34,6 +35,7 @@ from .fleet import Slot
 from .oracle import PREFIX, Oracle, Verdict, strs
 from .plan import Faults, draw
 from .produce import Producers
+from .record import read_events
 from .servers import ServerUnderTest, record_server
 
 
@@ -88,12 +90,17 @@ async def _soak(cfg: Settings, server: ServerUnderTest, record_url: str) -> Verd
         faulted = time.time() - started
 
         await _heal(slots, server)
-        settled = await _settled(raw, rec, cfg.settle)
+        live = {i for s in slots for i in s.live_ids()}
+        settled = await _settled(raw, live, cfg.settle)
         codes = [await s.stop() for s in slots]
         await drain(mux, server.url, queues=QUEUES, timeout=60, scheduler=False)
         await close_recorders()
 
-        verdict = await Oracle(raw, rec, faults.log).judge()
+        faults.see()
+        verdict = await Oracle(
+            raw, rec, faults.log, pid_slot=faults.pid_slot, lease_ttl=cfg.lease_ttl
+        ).judge()
+        await _keep(cfg, rec, faults)
         proxies.cancel_scope.cancel()
     await rec.aclose()
     await raw.aclose()
@@ -116,6 +123,18 @@ async def _soak(cfg: Settings, server: ServerUnderTest, record_url: str) -> Verd
     return verdict
 
 
+async def _keep(cfg: Settings, rec: aioredis.Redis, faults: Faults) -> None:
+    """Write the evidence beside the worker logs: the faults and the records."""
+    name = f"soak-{cfg.server}-{cfg.seed}"
+    (cfg.logs / f"{name}-faults.json").write_bytes(
+        msgspec.json.encode({"faults": faults.log, "pid_slot": faults.pid_slot})
+    )
+    events = await read_events(rec)
+    (cfg.logs / f"{name}-events.jsonl").write_bytes(
+        b"\n".join(msgspec.json.encode(e) for e in events)
+    )
+
+
 async def _heal(slots: list[Slot], server: ServerUnderTest) -> None:
     if not server.running():
         server.restart("always")
@@ -131,8 +150,9 @@ async def _workers(r: aioredis.Redis, n: int) -> bool:
     return int(await r.zcard(f"{PREFIX}:workers")) >= n
 
 
-async def _settled(raw: aioredis.Redis, rec: aioredis.Redis, timeout: float) -> bool:
-    """Wait until every queue's tasks are final and every flow ended."""
+async def _settled(raw: aioredis.Redis, live: set[str], timeout: float) -> bool:
+    """Wait until every queue's tasks are final, every flow ended, and the leases of
+    the workers that died were reaped (only the ``live`` workers hold one)."""
 
     async def final() -> bool:
         # Released steps not yet written (a client or worker died between two writes)
@@ -145,6 +165,8 @@ async def _settled(raw: aioredis.Redis, rec: aioredis.Redis, timeout: float) -> 
             if any(str(v) not in ("completed", "archived") for v in states):
                 return False
             if await raw.llen(k.outbox):
+                return False
+            if not set(strs(await raw.zrange(k.leases, 0, -1))) <= live:
                 return False
         for f in strs(await raw.zrange(f"{PREFIX}:flows", 0, -1)):
             state = await raw.hget(f"{PREFIX}:{{f:{f}}}:meta", "state")

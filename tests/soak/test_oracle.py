@@ -210,3 +210,28 @@ async def test_a_cron_tick_enqueued_twice_is_caught(w: World) -> None:
 
 def test_records_use_their_own_keys() -> None:
     assert not any(k.startswith("aq:") for k in (EVENTS, SEQ, ENQUEUED))
+
+
+async def test_a_fault_on_a_slots_path_explains_a_rerun_of_any_process_run_there(
+    w: World,
+) -> None:
+    """A worker restarted in a slot while its path was stalled was never signalled:
+    the stall still hit it (the oracle knows which slot ran each pid)."""
+    await w.completed("t1", attempts=2)
+    await w.run("t1", T, None, pid=21)
+    await w.run("t1", T + 8, T + 8.1, pid=12)
+    w.faults.append(Done("stall", 3, T - 1, T + 6, pids=[20]))
+    only(await Oracle(w.r, w.r, w.faults).judge(), "started again")
+    verdict = await Oracle(w.r, w.r, w.faults, pid_slot={21: 3}).judge()
+    assert verdict.ok, verdict.violations
+
+
+async def test_a_lease_lapses_up_to_lease_ttl_after_a_server_outage(w: World) -> None:
+    """Renewals failed during the outage: the lease may lapse after the server is back,
+    and the task run again then."""
+    await w.completed("t1", attempts=2)
+    await w.run("t1", T + 5, None, pid=11)
+    await w.run("t1", T + 6, T + 6.1, pid=12)
+    w.faults.append(Done("server", 0, T, T + 3))
+    assert (await Oracle(w.r, w.r, w.faults, lease_ttl=6).judge()).ok
+    only(await Oracle(w.r, w.r, w.faults, lease_ttl=1).judge(), "started again")
