@@ -30,8 +30,8 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -51,6 +51,16 @@ from .slots import Slots
 from .turns import Turns
 
 log = logging.getLogger("aqueue.worker")
+
+
+class Lease(Protocol):
+    """What claiming needs of the lease keeper (``lease.LeaseKeeper``)."""
+
+    ttl: float
+    valid_until: float  # time.monotonic() until which the last renewal holds
+
+    async def renew(self) -> None: ...
+
 
 # How long one blocking wait lasts before the worker re-checks pauses and shutdown.
 BLOCK_SECONDS = 1.0
@@ -79,9 +89,7 @@ class Dispatcher:
         handoff: Handoff,
         audit: LeaseAudit,
         outage: Outage,
-        renew: Callable[[], Awaitable[None]],
-        lease_left: Callable[[], float] = lambda: float("inf"),
-        lease_ttl: float = 30.0,
+        lease: Lease,
     ) -> None:
         self._broker = broker
         self._keys = keys
@@ -97,13 +105,7 @@ class Dispatcher:
         self._handoff = handoff
         self._audit = audit
         self._outage = outage
-        self._renew = renew
-        # Seconds our lease is still known to be good for, and the least we claim with:
-        # a heartbeat that missed its beats (a server outage, a long renewal) would
-        # otherwise let us claim tasks moments before our lease lapses, only to drop
-        # them and have them run again. Below it, we renew before claiming.
-        self._lease_left = lease_left
-        self._least_lease = lease_ttl / 3
+        self._lease = lease
         self._stopping = False
         self._seq = 0
         self._paused_until: dict[str, float] = {}
@@ -226,9 +228,9 @@ class Dispatcher:
         concurrent claim can never overshoot the concurrency limit (a blocking claim's
         slot was ``reserved`` before it blocked).
         """
-        if self._lease_left() < self._least_lease:
+        if self._lapsing():
             try:
-                await self._renew()
+                await self._lease.renew()
             except BrokerUnavailable as exc:
                 await self._outage.failed(exc)
                 return {}
@@ -253,7 +255,7 @@ class Dispatcher:
         limit holds tasks back (the acks may free its slots: the claims run right after
         them), and none while stopping, while a queue waits for its audit or while our
         lease needs renewing first."""
-        if self._stopping or not self._audit.clear or self._lease_left() < self._least_lease:
+        if self._stopping or not self._audit.clear or self._lapsing():
             return {}, []
         if self._slots.awaited:
             plan = self._plan(min(n, self._batch_size))
@@ -265,6 +267,13 @@ class Dispatcher:
         self._slots.take(sum(plan.values()))
         self._riding.update(plan.keys())
         return plan, self._calls(plan)
+
+    def _lapsing(self) -> bool:
+        """Whether our last successful renewal is more than two thirds of the lease old:
+        the heartbeat missed a beat (a server outage, a slow renewal). We renew before
+        claiming then, or we could claim tasks in the moments before our lease lapses,
+        only to drop them and have them run again elsewhere."""
+        return self._lease.valid_until - time.monotonic() < self._lease.ttl / 3
 
     def landed(self, plan: Mapping[str, int]) -> None:
         """The claims ``after_acks`` planned were handed to ``claimed`` or ``lost`` (or
@@ -310,7 +319,7 @@ class Dispatcher:
         if lost:
             # Our lease had expired (or the server lost its data): renew before claiming
             # again, so that everything we hold is covered by a live lease.
-            await self._renew()
+            await self._lease.renew()
         return got
 
     def _start(self, queue: str, item: ClaimedTask, debug: bool) -> None:

@@ -62,7 +62,7 @@ class LeaseKeeper:
         self._leases = leases
         self._weights = weights
         self._concurrency = concurrency
-        self._ttl = lease_ttl
+        self.ttl = lease_ttl
         self._ttl_ms = int(lease_ttl * 1000)
         self._held = held
         self._audit = audit
@@ -86,7 +86,7 @@ class LeaseKeeper:
                 "queues": dict(self._weights),
                 "concurrency": self._concurrency,
                 "started_at": int(time.time() * 1000),
-                "lease_ttl": self._ttl,
+                "lease_ttl": self.ttl,
                 # Where the pid means something (``successor``).
                 "ns": process_namespace(),
             }
@@ -120,7 +120,7 @@ class LeaseKeeper:
         for (q, i), asked in zip(held, replies[asked_from:], strict=True):
             if asked and not isinstance(asked, BaseException) and asked[0]:
                 self._held.cancel(q, i)
-        self.valid_until = sent + self._ttl
+        self.valid_until = sent + self.ttl
         lost = False
         flags = [flag for reply in replies[: len(calls)] for flag in reply]
         for q, live in zip(self._keys, flags, strict=True):
@@ -144,7 +144,7 @@ class LeaseKeeper:
         """The heartbeat: renew every ``lease_ttl / 3``."""
         beats = 0
         while True:
-            await anyio.sleep(self._ttl / 3)
+            await anyio.sleep(self.ttl / 3)
             beats += 1
             if beats % 3 == 0:
                 # Once per lease_ttl, audit our own lease lists: an id we do not hold
@@ -160,7 +160,7 @@ class LeaseKeeper:
                         "could not renew the lease of worker %s for %g s: cancelling its "
                         "%d handler(s), whose tasks the reaper will return",
                         self._id,
-                        self._ttl,
+                        self.ttl,
                         len(self._held),
                     )
                     self._held.cancel_all(Reason.LOST)

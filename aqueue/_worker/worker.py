@@ -398,8 +398,7 @@ class _Parts:
         self.dispatcher = dispatcher = Dispatcher(
             broker, keys, leases, w.id, w.queues, strict_priority=w.strict_priority,
             batch_size=w.batch_size, slots=slots, held=held, handoff=handoff, audit=audit,
-            outage=outage, renew=lease.renew,
-            lease_left=lambda: lease.valid_until - time.monotonic(), lease_ttl=w.lease_ttl,
+            outage=outage, lease=lease,
         )  # fmt: skip
         self.outcomes = outcomes = Outcomes(
             broker, keys, leases, held=held, slots=slots, audit=audit, outage=outage,
