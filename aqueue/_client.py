@@ -107,10 +107,9 @@ class Client(Connected):
             result = (await self._write([prepared], now, True))[0]
         else:
             result = await self._enqueues.call(prepared)
-        if isinstance(result, AqueueError):
-            raise result
-        assert isinstance(result, TaskInfo)
-        return result
+        if isinstance(result, TaskInfo):
+            return result
+        raise result
 
     @overload
     async def enqueue_many(
@@ -165,7 +164,7 @@ class Client(Connected):
         if durable:
             replies = await b.run(lambda: self._write_durably(calls, extra))
         else:
-            replies = await b.run(lambda: b.scripts(calls, extra))
+            replies = await b.run(lambda: b.scripts(calls, extra, at_once=True))
         self._producer.registered(batch.new)
         out: list[Any] = [None] * len(prepared)
         for chunk, reply in zip(batch.order, replies, strict=False):
@@ -186,8 +185,9 @@ class Client(Connected):
         ``_write`` sends for a batch, with less bookkeeping on the way."""
         call, extra, new = self._producer.one(p)
         b = self._broker
-        replies = await b.run(lambda: b.scripts([call], extra))
-        self._producer.registered(new)
+        replies = await b.run(lambda: b.scripts([call], extra, at_once=True))
+        if new:
+            self._producer.registered(new)
         return outcome(p, replies[0][0])
 
     async def _write_durably(self, calls: list[Call], extra: list[Any]) -> list[Any]:

@@ -67,11 +67,26 @@ def encode_message(
     limit_key: str = "",
     step: str = "",
 ) -> bytes:
-    t, k, f = body.type.encode(), limit_key.encode(), step.encode()
+    if digest or step:
+        head = _head(max_retry, digest, priority, body.type, limit_key, step)
+    else:
+        head = _plain_head(max_retry, priority, body.type, limit_key)
+    return head + _encoder.encode(body)
+
+
+def _head(max_retry: int, digest: str, priority: int, task_type: str, key: str, step: str) -> bytes:
+    t, k, f = task_type.encode(), key.encode(), step.encode()
     head = b"%d|%s|%d|%d|%d|%d|" % (
         max_retry, digest.encode(), priority, len(t), len(k), len(f),
     )  # fmt: skip
-    return head + t + k + f + _encoder.encode(body)
+    return head + t + k + f
+
+
+@lru_cache(maxsize=1024)
+def _plain_head(max_retry: int, priority: int, task_type: str, key: str) -> bytes:
+    """The header of a task without a unique lock, outside a workflow: the same for all
+    the tasks of a handler, so made once (a visible share of an enqueue otherwise)."""
+    return _head(max_retry, "", priority, task_type, key, "")
 
 
 class Header(NamedTuple):

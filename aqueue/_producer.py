@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
@@ -37,6 +38,10 @@ BATCH = 500
 # queue deleted and then used again by a long-lived producer is listed again.
 REGISTER_EVERY = 60.0
 _NO_OPTIONS: dict[str, Any] = {}
+# Option sets merged and kept per Producer (``_with_options``) before it starts over.
+_MAX_TEMPLATES = 1024
+# Options whose values differ from call to call, or are unhashable: merged each time.
+_MERGED_EACH_TIME = frozenset({"process_in", "process_at", "deadline", "headers"})
 
 # A plain command sent with the script calls (see ``Broker.scripts``).
 Command = tuple[Any, ...]
@@ -89,6 +94,8 @@ class Producer:
         self.max_payload = max_payload
         # id(handler options) -> (those options, their resolved template): see _resolved.
         self._templates: dict[int, tuple[Mapping[str, Any], Resolved]] = {}
+        # The same for a call's own options, by their names, types and values.
+        self._explicit: dict[tuple[Any, ...], tuple[Mapping[str, Any], Resolved]] = {}
         self._known_queues: dict[str, float] = {}  # queue -> when it was last registered
 
     def prepare(
@@ -116,8 +123,7 @@ class Producer:
                 f"characters, got {task!r}"
             )
         if options:
-            check_options(options, "enqueue")
-            opts = resolve(options, handler_opts, self.defaults, now, payload)
+            opts = self._with_options(options, handler_opts, now, payload)
         elif callable(handler_opts.get("limit_key")):
             # The key comes from the payload: no template to reuse.
             opts = resolve(options, handler_opts, self.defaults, now, payload)
@@ -151,6 +157,43 @@ class Producer:
             laned = True
         return Prepared(task_type, data, opts, args, now, laned)
 
+    def _with_options(
+        self, options: Mapping[str, Any], handler_opts: Mapping[str, Any], now: int, payload: Any
+    ) -> Resolved:
+        """The options of a task enqueued with options of its own. Checking and merging
+        them costs more than the rest of an enqueue, and a caller passes the same ones
+        again and again (``queue=``, ``unique=``): each set is checked and merged once
+        per handler (values of the same type and value merge alike). A task id is the
+        task's own: checked each time, not part of the set. Options that differ from
+        call to call (times, headers) and a limit key taken from the payload are merged
+        each time."""
+        key: tuple[Any, ...] | None = None
+        cached = None
+        if _MERGED_EACH_TIME.isdisjoint(options) and _reusable(handler_opts, self.defaults):
+            items = ((n, type(v), v) for n, v in options.items() if n != "task_id")
+            key = (id(handler_opts), *items)
+            try:
+                cached = self._explicit.get(key)
+            except TypeError:  # an unhashable value: not a valid one either
+                key = None
+        task_id = options.get("task_id")
+        if cached is None or cached[0] is not handler_opts:
+            check_options(options, "enqueue")
+            opts = resolve(options, handler_opts, self.defaults, now, payload)
+            if key is None:
+                return opts
+            if len(self._explicit) >= _MAX_TEMPLATES:
+                self._explicit.clear()
+            cached = self._explicit[key] = (handler_opts, opts)
+        elif task_id is not None:
+            check_options({"task_id": task_id}, "enqueue")
+        # A copy: the caller may change it (a workflow's step sets its own retention).
+        t = cached[1]
+        return Resolved(
+            t.queue, t.max_retry, t.timeout, t.deadline, 0, t.unique, task_id or new_task_id(),
+            t.retention, t.headers, t.priority, t.limit_key,
+        )  # fmt: skip
+
     def _resolved(self, handler_opts: Mapping[str, Any], now: int) -> Resolved:
         """The options of a task enqueued without options of its own: the handler's and
         the defaults, merged once per handler instead of once per task (only the task
@@ -180,7 +223,11 @@ class Producer:
         queue, due = p.opts.queue, p.opts.due
         k = queue_keys(self.prefix, queue)
         call = scripts.enqueue(k, p.now, p.opts.unique > 0, p.args, p.laned)
-        extra, new = self.registrations((queue,))
+        if self._known_queues.get(queue, 0.0) > time.monotonic() - REGISTER_EVERY:
+            extra: list[Command] = []
+            new: list[str] = []
+        else:
+            extra, new = self.registrations((queue,))
         if due:
             extra.append(self.notice(queue, due))
         return call, extra, new
@@ -245,6 +292,15 @@ class Producer:
         return ("PUBLISH", schedule_channel(self.prefix), f"{queue}|{due}")
 
 
+def _reusable(handler_opts: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+    """Whether options merged over these layers can hold for another task: none of them
+    schedules relative to now, and the handler takes no limit key from the payload."""
+    for layer in (handler_opts, defaults):
+        if layer.get("process_in") is not None or layer.get("process_at") is not None:
+            return False
+    return not callable(handler_opts.get("limit_key"))
+
+
 def outcome(p: Prepared, reply: Any) -> TaskInfo | AqueueError:
     """The task as written, or the error for the script's refusal."""
     o = p.opts
@@ -264,17 +320,31 @@ def outcome(p: Prepared, reply: Any) -> TaskInfo | AqueueError:
         queue=o.queue,
         type=p.type,
         payload=decode_value(p.data),
-        state=State.SCHEDULED.value if o.due else State.PENDING.value,
+        state=_SCHEDULED if o.due else _PENDING,
         max_retry=o.max_retry,
         timeout=o.timeout or None,
-        deadline=from_ms(o.deadline),
-        next_process_at=from_ms(o.due),
-        enqueued_at=from_ms(p.now),
+        deadline=from_ms(o.deadline) if o.deadline else None,
+        next_process_at=from_ms(o.due) if o.due else None,
+        enqueued_at=_moment(p.now),
         retention=o.retention,
-        headers=o.headers or {},
+        headers=dict(o.headers) if o.headers else {},  # the caller's own: never a template's
         priority=o.priority,
         limit_key=o.limit_key or None,
     )
+
+
+_SCHEDULED, _PENDING = State.SCHEDULED.value, State.PENDING.value
+# The last enqueue time made a datetime: tasks enqueued in the same millisecond (most of
+# those of a busy producer) share it, as datetimes cannot change.
+_last_moment: tuple[int, datetime | None] = (0, None)
+
+
+def _moment(ms: int) -> datetime | None:
+    global _last_moment
+    last = _last_moment  # one read: other threads' Clients may replace it meanwhile
+    if last[0] != ms:
+        last = _last_moment = (ms, from_ms(ms))
+    return last[1]
 
 
 def check_payload(handler: Handler[Any, Any], payload: Any, data: bytes) -> None:

@@ -53,7 +53,7 @@ def hmget(b: Broker, i: int) -> Callable[[], Awaitable[list[Any]]]:
 async def interleaved(b: Broker) -> None:
     for i in range(CALLERS):
         await b.run(lambda i=i: b.redis.hset(key(i), "name", f"n{i}"))  # type: ignore[misc]
-    batches = sum(x.batches for x in b._batchers.values())
+    batches = sum(x.batches for x in b._autopipeline.batchers.values())
 
     async def one(i: int) -> tuple[int, Any]:
         if i % 3 == 0:
@@ -67,7 +67,7 @@ async def interleaved(b: Broker) -> None:
         else:
             assert reply == [i + 1, -(i + 1)]
     # They did share trips (one per turn and kind, not one each).
-    assert sum(x.batches for x in b._batchers.values()) - batches in range(1, 5)
+    assert sum(x.batches for x in b._autopipeline.batchers.values()) - batches in range(1, 5)
 
 
 async def test_interleaved_callers_each_get_their_own_replies(broker: Broker) -> None:
@@ -102,7 +102,7 @@ async def test_a_caller_cancelled_before_its_batch_is_written_sends_nothing(
         b = client._broker
         await b.run(lambda: b.redis.ping())
         tasks = [asyncio.create_task(b.run(hincr(b, i, 1))) for i in range(10)]
-        raw = b._batchers[True]
+        raw = b._autopipeline.batchers[True]
         # Every task reaches the batcher in the next turn: the first goes out at once,
         # the other nine wait for the turn's end.
         for _ in range(3):
@@ -125,7 +125,7 @@ async def test_a_caller_cancelled_after_its_batch_is_written_gets_nothing_of_any
     async with aqueue.Client(aqueue_url) as client, araw_client(aqueue_url) as admin:
         b = client._broker
         await b.run(lambda: b.redis.ping())
-        raw = b._batchers[True]
+        raw = b._autopipeline.batchers[True]
         await admin.execute_command("CLIENT", "PAUSE", 600, "WRITE")  # type: ignore[no-untyped-call]
         before = raw.batches
         tasks = [asyncio.create_task(b.run(hincr(b, i, i + 1))) for i in range(10)]
@@ -149,7 +149,7 @@ async def test_a_connection_lost_mid_batch_fails_exactly_its_calls(aqueue_url: s
     async with aqueue.Client(aqueue_url) as client, araw_client(aqueue_url) as admin:
         b = client._broker
         await b.run(lambda: b.redis.ping())
-        raw = b._batchers[True]
+        raw = b._autopipeline.batchers[True]
         await admin.client_setname("admin")
         await admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")  # type: ignore[no-untyped-call]
         before = raw.batches
@@ -242,3 +242,104 @@ async def test_concurrent_enqueues_on_a_lost_connection_each_say_unavailable(
         assert all(isinstance(d, aqueue.BrokerUnavailable) for d in done), done
         await admin.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
         assert (await client.enqueue("batch:item", Item(n=99))).state == "pending"
+
+
+async def test_a_call_left_alone_at_the_turns_end_goes_alone(aqueue_url: str) -> None:
+    """Two calls of one turn: the first goes out at once, the second waits for the
+    turn's end, and finding itself alone then, goes the way the first did (no batch)."""
+    async with aqueue.Client(aqueue_url) as client:
+        b = client._broker
+        await b.run(lambda: b.redis.ping())
+        raw = b._autopipeline.batchers[True]
+        before = raw.batches
+        both = await asyncio.gather(b.run(hincr(b, 1, 1)), b.run(hincr(b, 2, 2)))
+        assert list(both) == [[1, -1], [2, -2]]
+        assert raw.batches == before
+        enqueued = client._enqueues.batches
+        first, second = await asyncio.gather(
+            client.enqueue("batch:item", Item(n=1)), client.enqueue("batch:item", Item(n=2))
+        )
+        assert client._enqueues.batches == enqueued
+        async with aqueue.Inspector(aqueue_url) as inspector:
+            for info, n in ((first, 1), (second, 2)):
+                stored = await inspector.get_task(info.queue, info.id)
+                assert msgspec.json.decode(msgspec.json.encode(stored.payload)) == {"n": n}
+
+
+async def test_a_lone_waiting_call_cancelled_before_the_turns_end_sends_nothing(
+    aqueue_url: str,
+) -> None:
+    async with aqueue.Client(aqueue_url) as client:
+        await client.enqueue("batch:item", Item(n=0))
+        first = asyncio.create_task(client.enqueue("batch:item", Item(n=1)))
+        second = asyncio.create_task(client.enqueue("batch:item", Item(n=2), task_id="never"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # one turn each
+            if client._enqueues._waiting:
+                break
+        assert len(client._enqueues._waiting) == 1
+        second.cancel()
+        assert (await first).state == "pending"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        async with aqueue.Inspector(aqueue_url) as inspector:
+            with pytest.raises(aqueue.TaskNotFound):
+                await inspector.get_task("default", "never")
+
+
+async def test_enqueues_batch_on_their_own_not_through_the_brokers_batches(url: str) -> None:
+    """The Client writes concurrent enqueue calls as one enqueue_many: sending that (or
+    a lone call) waits for no other batch of the turn, even after another call of the
+    Client's broker went out first in that turn."""
+    async with aqueue.Client(url) as client:
+        b = client._broker
+        await client.enqueue("batch:item", Item(n=-1))
+        batchers = b._autopipeline.batchers.values()
+        before = [x.batches for x in batchers]
+        enqueued = client._enqueues.batches
+        counted, *infos = await asyncio.gather(
+            b.run(hincr(b, 1, 1)), *(client.enqueue("batch:item", Item(n=i)) for i in range(50))
+        )
+        assert counted == [1, -1]
+        assert len({info.id for info in infos}) == 50
+        assert client._enqueues.batches > enqueued
+        assert [x.batches for x in batchers] == before
+
+
+# -- what one enqueue makes once and keeps ----------------------------------------------
+
+
+async def test_options_merged_once_are_still_checked_at_each_call(aqueue_url: str) -> None:
+    """A set of options is checked and merged once and kept: an equal value of another
+    type (True for 1) is checked anew, a task id at each call, and options that differ
+    from call to call are merged at each call."""
+    async with aqueue.Client(aqueue_url) as client:
+        for _ in range(2):
+            info = await client.enqueue("batch:item", Item(n=1), queue="images", max_retry=1)
+            assert (info.queue, info.max_retry) == ("images", 1)
+        with pytest.raises(aqueue.InvalidOption, match="True"):
+            await client.enqueue("batch:item", Item(n=1), queue="images", max_retry=True)
+        with pytest.raises(aqueue.InvalidOption, match="'a|b'"):
+            await client.enqueue("batch:item", queue="images", max_retry=1, task_id="a|b")
+        mine = await client.enqueue("batch:item", queue="images", max_retry=1, task_id="mine")
+        assert (mine.id, mine.queue, mine.max_retry) == ("mine", "images", 1)
+        later = await client.enqueue("batch:item", queue="images", process_in=3600)
+        sooner = await client.enqueue("batch:item", queue="images", process_in=60)
+        assert later.next_process_at is not None and sooner.next_process_at is not None
+        assert sooner.next_process_at < later.next_process_at
+
+
+async def test_the_returned_task_is_the_callers_own(aqueue_url: str) -> None:
+    """Handler options are merged once per handler: the headers of one returned task are
+    its own to change, and the next task still gets the handler's."""
+    mux = aqueue.Mux()
+
+    @mux.task("batch:headed", headers={"source": "web"})
+    async def headed(ctx: aqueue.Context) -> None:
+        """Never run."""
+
+    async with aqueue.Client(aqueue_url) as client:
+        first = await client.enqueue(headed)
+        first.headers["source"] = "changed"
+        assert (await client.enqueue(headed)).headers == {"source": "web"}
+        assert first.enqueued_at is not None and first.enqueued_at.tzinfo is not None

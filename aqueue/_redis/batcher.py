@@ -12,7 +12,8 @@ Client batches concurrent ``enqueue`` calls further, into the script calls of
 Its rules:
 
 - The first call of a turn goes out at once: a lone caller waits for nothing. The calls
-  made later in the same turn wait for the turn's end, then go out as one batch.
+  made later in the same turn wait for the turn's end, then go out as one batch (one
+  that turns out to be alone goes as the first did, in its caller's task).
 - A caller's replies are its own: the batch's replies are cut by each caller's count of
   commands (or its task), in the order the callers came. An error reply stays in its
   caller's place.
@@ -33,17 +34,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.exceptions as rexc
 
 T = TypeVar("T")
 R = TypeVar("R")
+Command = Sequence[Any]  # a plain command: its name (upper case), then its arguments
+
+
+class _Alone:
+    """What a waiting call is told when it turns out to be its turn's only one."""
+
+
+_ALONE = _Alone()
 
 
 class Batcher(Generic[T, R]):
     """Calls of one event-loop turn: the first through ``alone`` at once, the others
-    through one ``together`` call at the turn's end (its results in the items' order)."""
+    through one ``together`` call at the turn's end (its results in the items' order).
+    A turn that ends with one call waiting sends it through ``alone`` too, from its
+    caller's task: no batch task is made for one call."""
 
     def __init__(
         self,
@@ -53,34 +64,42 @@ class Batcher(Generic[T, R]):
         self._alone = alone
         self._together = together
         self._open = False  # a call of this turn went out: the next ones wait for its end
-        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[R | _Alone]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         # Batches sent (the tests and benchmarks read it: calls that shared a trip).
         self.batches = 0
 
-    async def call(self, item: T) -> R:
-        """``item``'s result, sent alone or with this turn's other calls."""
-        loop = asyncio.get_running_loop()
-        if not self._open:
-            self._open = True
-            loop.call_soon(self._turn_ended)
-            return await self._alone(item)
-        waiter: asyncio.Future[R] = loop.create_future()
+    def call(self, item: T) -> Awaitable[R]:
+        """``item``'s result, sent alone or with this turn's other calls. (Not a
+        coroutine of its own: a lone call awaits ``alone`` directly.)"""
+        if self._open:
+            return self._wait(item)
+        self._open = True
+        asyncio.get_running_loop().call_soon(self._turn_ended)
+        return self._alone(item)
+
+    async def _wait(self, item: T) -> R:
+        waiter: asyncio.Future[R | _Alone] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, waiter))
         # Cancelled while waiting, the future is cancelled too: the batch leaves it out,
         # or drops its result.
-        return await waiter
+        result = await waiter
+        if isinstance(result, _Alone):
+            return await self._alone(item)
+        return result
 
     def _turn_ended(self) -> None:
         self._open = False
-        batch = [(item, w) for item, w in self._waiting if not w.done()]
+        batch = [waiting for waiting in self._waiting if not waiting[1].done()]
         self._waiting = []
-        if batch:
+        if len(batch) == 1:
+            batch[0][1].set_result(_ALONE)
+        elif batch:
             flush = asyncio.get_running_loop().create_task(self._flush(batch))
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _flush(self, batch: list[tuple[T, asyncio.Future[R | _Alone]]]) -> None:
         self.batches += 1
         try:
             results = await self._together([item for item, _ in batch])
@@ -104,7 +123,48 @@ class Batcher(Generic[T, R]):
         self._waiting = []
 
 
-def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], exc: Exception) -> None:
+def _fail(batch: Sequence[tuple[object, asyncio.Future[Any]]], exc: Exception) -> None:
     for _, waiter in batch:
         if not waiter.done():
             waiter.set_exception(exc)
+
+
+class AutoPipeline:
+    """A Broker's calls of one turn in shared round trips through ``send`` (one round
+    trip, error replies in place), each caller's replies cut out in order. ``raw``
+    tells the two kinds of commands apart, each batched on its own: the hot path's
+    (answered on aqueue's own connections) and those redis-py parses."""
+
+    def __init__(
+        self,
+        send: Callable[[Sequence[Command]], Awaitable[list[Any]]],
+        raw: Callable[[Sequence[Command]], bool],
+        timeout: float,
+    ) -> None:
+        self._send = send
+        self._raw = raw
+        self._timeout = timeout
+        self.batchers = {
+            kind: Batcher[Sequence[Command], list[Any]](send, self._together)
+            for kind in (True, False)
+        }
+
+    def call(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
+        """The replies to ``commands``, sent with this turn's other calls of their kind."""
+        return self.batchers[self._raw(commands)].call(commands)
+
+    async def _together(self, calls: list[Sequence[Command]]) -> list[list[Any]]:
+        """The commands of several calls in one round trip, each call's replies apart.
+        Within a deadline of its own: its callers may all have stopped waiting."""
+        async with asyncio.timeout(self._timeout):
+            replies = await self._send([cmd for cmds in calls for cmd in cmds])
+        out = []
+        at = 0
+        for cmds in calls:
+            out.append(replies[at : at + len(cmds)])
+            at += len(cmds)
+        return out
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()

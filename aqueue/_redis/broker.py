@@ -24,7 +24,7 @@ from ..errors import AqueueError, BrokerUnavailable, InvalidOption
 from . import deadline as _deadline
 from . import hints as _hints
 from . import wire as _wire
-from .batcher import Batcher
+from .batcher import AutoPipeline, Command
 from .endpoint import Endpoint, endpoint
 from .endpoint import redacted as redacted  # re-exported: metrics and the client use it
 from .scripts import Call
@@ -88,10 +88,9 @@ class Broker:
         self._watchdog = _deadline.Watchdog()
         # Concurrent calls share round trips (``batcher``): the hot path's raw commands
         # in one batch, anything redis-py must parse in another.
-        self._batchers = {
-            raw: Batcher[Sequence[Sequence[Any]], list[Any]](self._send_alone, self._send_together)
-            for raw in (True, False)
-        }
+        self._autopipeline = AutoPipeline(
+            lambda commands: self._send_now(self.redis, commands), _wire.raw_ok, timeout
+        )
         if isinstance(url_or_redis, str):
             self.url = check_url(url_or_redis)
             self.cluster = self.url.startswith("redis+cluster:")
@@ -257,10 +256,11 @@ class Broker:
     async def scripts(
         self,
         calls: Sequence[Call],
-        extra: Sequence[Sequence[Any]] = (),
+        extra: Sequence[Command] = (),
         conn: aioredis.Redis | None = None,
         *,
         in_place: bool = False,
+        at_once: bool = False,
     ) -> list[Any]:
         """Run several scripts (and plain commands in ``extra``) in one round trip.
 
@@ -277,14 +277,17 @@ class Broker:
         there the notices (PUBLISH) go in a second round trip, once the writes they
         announce are done: a worker woken before a delayed task is written would sleep
         past its due time.
+
+        ``at_once`` writes now, never waiting for the other calls of this event-loop turn
+        (``batcher``): for a caller that batches its own calls (the Client's enqueues).
         """
         r = conn or self.redis
         notices_only = not calls and all(_is_notice(cmd) for cmd in extra)
         if self.cluster and not notices_only and any(_is_notice(cmd) for cmd in extra):
             writes = [cmd for cmd in extra if not _is_notice(cmd)]
             notices = [cmd for cmd in extra if _is_notice(cmd)]
-            first = await self.scripts(calls, writes, conn, in_place=in_place)
-            sent = await self._send(r, notices)
+            first = await self.scripts(calls, writes, conn, in_place=in_place, at_once=at_once)
+            sent = await self._send(r, notices, at_once)
             for rep in sent:
                 if isinstance(rep, BaseException) and not in_place:
                     raise rep
@@ -292,12 +295,12 @@ class Broker:
             told = iter(sent)
             return [*first[: len(calls)], *(next(told if _is_notice(c) else done) for c in extra)]
         commands = [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls]
-        replies = await self._send(r, [*commands, *extra])
+        replies = await self._send(r, [*commands, *extra], at_once)
         missing = [i for i, rep in enumerate(replies[: len(calls)]) if _is_noscript(rep)]
         if missing:
             for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
                 await r.script_load(script.source)
-            again = await self._send(r, [*(commands[i] for i in missing), *extra])
+            again = await self._send(r, [*(commands[i] for i in missing), *extra], at_once)
             for i, rep in zip(missing, again, strict=False):
                 replies[i] = rep
             replies[len(calls) :] = again[len(missing) :]
@@ -308,34 +311,25 @@ class Broker:
                 raise rep
         return replies
 
-    async def _send(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def _send(
+        self, r: aioredis.Redis, commands: Sequence[Command], at_once: bool
+    ) -> Awaitable[list[Any]]:
         """Send ``commands`` in one round trip, with the other calls of this event-loop
-        turn (``batcher``); error replies come back as exceptions. A blocking command
-        or a connection of the caller's own goes alone."""
-        if r is not self._redis or any(cmd[0] in _BLOCKING for cmd in commands):
-            return await self._send_now(r, commands)
-        return await self._batchers[_wire.raw_ok(commands)].call(commands)
+        turn (``batcher``) unless ``at_once``; error replies come back as exceptions. A
+        blocking command or a connection of the caller's own goes alone."""
+        if at_once or r is not self._redis or any(cmd[0] in _BLOCKING for cmd in commands):
+            return self._send_now(r, commands)
+        return self._autopipeline.call(commands)
 
-    async def _send_alone(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        return await self._send_now(self.redis, commands)
-
-    async def _send_together(self, calls: list[Sequence[Sequence[Any]]]) -> list[list[Any]]:
-        """The commands of several calls in one round trip, each call's replies apart.
-        Within a deadline of its own: its callers may all have stopped waiting."""
-        async with asyncio.timeout(self.timeout):
-            replies = await self._send_now(self.redis, [cmd for cmds in calls for cmd in cmds])
-        out = []
-        at = 0
-        for cmds in calls:
-            out.append(replies[at : at + len(cmds)])
-            at += len(cmds)
-        return out
-
-    async def _send_now(self, r: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def _send_now(self, r: aioredis.Redis, commands: Sequence[Command]) -> Awaitable[list[Any]]:
         """Send ``commands`` in one round trip; error replies come back as exceptions."""
         lean = self._lean
         if lean is not None and r is self._redis and _wire.raw_ok(commands):
-            return await _wire.call(lean, commands)
+            return _wire.call(lean, commands)
+        return self._send_parsed(r, commands)
+
+    async def _send_parsed(self, r: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
+        """``_send_now`` through redis-py: what it must parse, Sentinel, a cluster."""
         if len(commands) == 1 and commands[0][0] == "EVALSHA":
             # No pipeline for one script (its overhead shows on the hot path); a cluster
             # client routes it by its first key.
@@ -389,8 +383,7 @@ class Broker:
             yield conn
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
-            await batcher.close()
+        await self._autopipeline.close()
         for client in self._node_clients.values():
             await client.aclose()
         self._node_clients.clear()
