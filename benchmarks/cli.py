@@ -57,6 +57,7 @@ WORKLOADS: dict[str, tuple[Workload, str]] = {
     "scale_queues": (curves.scale_queues, "cost curve: 1 to 1,000 queues served"),
     "scale_backlog": (curves.scale_backlog, "cost curve: 50k to 1M pending tasks"),
     "scale_delayed": (curves.scale_delayed, "cost curve: 1k to 1M delayed tasks"),
+    "scale_archive": (curves.scale_archive, "cost curve: 1k to 1M archived tasks"),
     "scale_keys": (curves.scale_keys, "cost curve: 1 to 10,000 limit keys"),
     "scale_workers": (curves.scale_workers, "cost curve: 1 to 200 idle workers"),
     "flow_limits_idle": (flow.flow_limits_idle, "limits never reached vs no limits, drain"),

@@ -89,9 +89,11 @@ class _Child:
 
 
 @contextlib.asynccontextmanager
-async def _child(b: Bench, queues: int, drain: int, latency: int) -> AsyncIterator[_Child]:
+async def _child(
+    b: Bench, queues: int, drain: int, latency: int, max_archived: int = 10_000
+) -> AsyncIterator[_Child]:
     command = [sys.executable, "-m", "benchmarks.curves_child", b.url, str(queues),
-               str(drain), str(latency)]  # fmt: skip
+               str(drain), str(latency), "--max-archived", str(max_archived)]  # fmt: skip
     proc = await anyio.open_process(command, stderr=None)
     try:
         yield _Child(proc)
@@ -286,6 +288,58 @@ async def scale_delayed(b: Bench) -> Result:
     return _curve_result(
         "scale_delayed", "jobs/s", points, "drain_jobs_s",
         f"the same drain beside {chosen[0]:,} delayed tasks",
+    )  # fmt: skip
+
+
+ARCHIVED = (1_000, 100_000, 1_000_000)
+
+
+async def _archive_point(b: Bench, archived: int, drain: int) -> dict[str, float]:
+    """Drain ``drain`` no-op tasks from a queue that holds ``archived`` archived tasks:
+    with the archive kept (``max_archived`` above it), and with the default cap, where
+    the janitor trims the excess meanwhile."""
+    kept = await _archive_drain(b, archived, drain, max_archived=2 * archived)
+    trimmed = await _archive_drain(b, archived, drain, max_archived=10_000)
+    return {
+        "kept_drain_jobs_s": kept["drain_jobs_s"],
+        "trimmed_drain_jobs_s": trimmed["drain_jobs_s"],
+        "archived_after_trimmed_drain": trimmed["archived_after"],
+    }
+
+
+async def _archive_drain(
+    b: Bench, archived: int, drain: int, max_archived: int
+) -> dict[str, float]:
+    await b.flush()
+    async with aqueue.Client(b.url) as client, aqueue.Inspector(b.url) as inspector:
+        await _enqueue(client, [aqueue.Job("curve:noop", queue="c0") for _ in range(archived)])
+        moved = await inspector.archive_all("c0", "pending")
+        await _enqueue(client, [aqueue.Job("curve:noop", queue="c0") for _ in range(drain)])
+        await anyio.sleep(SETTLE if b.scale >= 0.1 else 0.0)
+        assert moved == archived, (moved, archived)
+        async with _child(b, 1, drain, 1, max_archived=max_archived) as child:
+            drained = await child.drained()
+        left = (await inspector.queue_info("c0")).archived
+    return {"drain_jobs_s": drain / drained, "archived_after": left}
+
+
+async def scale_archive(b: Bench) -> Result:
+    """Drain rate of 50,000 no-op tasks from a queue beside 1k to 1M archived tasks,
+    kept (the archive's own cost) and over the default cap of 10,000 (the janitor's
+    trimming of the excess, paid once, during the drain)."""
+    drain = b.n(LONG_DRAIN, minimum=1000)
+    chosen = sorted({max(100, round(x * b.scale)) for x in ARCHIVED})
+    points: dict[int, dict[str, float]] = {}
+    for archived in chosen:
+        runs = [await _archive_point(b, archived, drain) for _ in range(b.repeat)]
+        points[archived] = _medians(runs)
+        print(f"  archived {archived}: {json.dumps(points[archived])}", file=sys.stderr, flush=True)
+    _plot(b, "scale_archive", "archived tasks", points, [
+        ("drain (jobs/s)", ["kept_drain_jobs_s", "trimmed_drain_jobs_s"]),
+    ])  # fmt: skip
+    return _curve_result(
+        "scale_archive", "jobs/s", points, "kept_drain_jobs_s",
+        f"the same drain beside {chosen[0]:,} archived tasks",
     )  # fmt: skip
 
 

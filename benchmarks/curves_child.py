@@ -33,7 +33,7 @@ def queue_names(n: int) -> list[str]:
     return [f"c{i}" for i in range(n)]
 
 
-async def serve(url: str, queues: int, drain: int, latency: int) -> None:
+async def serve(url: str, queues: int, drain: int, latency: int, max_archived: int) -> None:
     done = 0
     drained = anyio.Event()
     seen: list[float] = []
@@ -55,7 +55,10 @@ async def serve(url: str, queues: int, drain: int, latency: int) -> None:
 
     weights = dict.fromkeys(queue_names(queues), 1)
     started = time.perf_counter()
-    async with aqueue.Worker(mux, url, queues=weights, concurrency=CONCURRENCY):
+    worker = aqueue.Worker(
+        mux, url, queues=weights, concurrency=CONCURRENCY, max_archived=max_archived
+    )
+    async with worker:
         if drain:
             await drained.wait()
         print(json.dumps({"drain_s": time.perf_counter() - started}), flush=True)
@@ -70,9 +73,10 @@ def main() -> None:
     parser.add_argument("queues", type=int)
     parser.add_argument("drain", type=int)
     parser.add_argument("latency", type=int)
+    parser.add_argument("--max-archived", type=int, default=10_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    anyio.run(serve, args.url, args.queues, args.drain, args.latency)
+    anyio.run(serve, args.url, args.queues, args.drain, args.latency, args.max_archived)
 
 
 if __name__ == "__main__":
