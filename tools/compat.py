@@ -48,6 +48,7 @@ CONTRACT_TESTS = (
     "tests/test_worker.py",
     "tests/chaos/test_server_chaos.py",
     "tests/test_wire_faults.py",
+    "tests/test_wire_pack.py",  # hiredis.pack_command's bytes, on every hiredis
     "tests/test_cron.py",  # the only tests that drive croniter
 )
 # What the contract tests need besides aqueue's own dependencies (uvloop: the wire tests

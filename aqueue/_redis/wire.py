@@ -10,9 +10,9 @@ had closed raise from its stale check, and a pool built on 8.1's behaviour hande
 same dead connection out forever).
 
 So aqueue owns this small piece outright: an ``asyncio.Protocol`` feeding a
-``hiredis.Reader`` (the parser redis-py itself uses), a connection handshake done the
-way the URL asks (``_endpoint``: TLS, unix sockets, AUTH, SELECT, client name), and a
-pool. Its rules:
+``hiredis.Reader`` (the parser redis-py itself uses), commands packed by hiredis too
+(``pack``), a connection handshake done the way the URL asks (``_endpoint``: TLS, unix
+sockets, AUTH, SELECT, client name), and a pool. Its rules:
 
 - A connection the server closed is known as soon as the event loop sees the EOF, and
   is never handed out again.
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -311,23 +312,53 @@ class LeanPool:
         self._count = 0
 
 
+# hiredis's packer (its stub leaves the result untyped).
+_pack_command: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+# An int of fewer digits than this prints whatever limit the interpreter sets on printing
+# ints (``sys.set_int_max_str_digits`` takes no limit below 640 digits, or none).
+_SHORT_INT = 10**sys.int_info.str_digits_check_threshold
+
+
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
     """RESP for ``commands`` in one buffer (UTF-8 strings, ``repr`` of numbers), as
-    redis-py's encoder writes them, with less Python per argument: a task's enqueue or
-    a batch of acks carries many small arguments."""
-    out: list[bytes] = []
+    redis-py's encoder writes them. A task's enqueue or a batch of acks carries many
+    small arguments, so a command of plain arguments is packed by hiredis, in C; any
+    other goes through ``_pack_plainly``, which packs it the same way or refuses it."""
+    out = []
     for cmd in commands:
-        out.append(b"*%d\r\n" % len(cmd))
-        for arg in cmd:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send {type(arg).__name__} {arg!r:.40} to the server")
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        out.append(_pack_command(tuple(cmd)) if _plain(cmd) else _pack_plainly(cmd))
+    return b"".join(out)
+
+
+def _plain(cmd: Sequence[Any]) -> bool:
+    """Whether hiredis packs ``cmd`` exactly as ``_pack_plainly`` does: arguments of
+    exactly ``str``, ``bytes``, ``float`` or ``int``, and no int too long to print
+    (hiredis crashes the process on one). It also takes a memoryview, which aqueue
+    refuses, and a subclass may print or encode itself its own way: those, and
+    everything else, go the Python way."""
+    for arg in cmd:
+        t = type(arg)
+        if t is str or t is bytes or t is float:
+            continue
+        if t is not int or not -_SHORT_INT < arg < _SHORT_INT:
+            return False
+    return True
+
+
+def _pack_plainly(cmd: Sequence[Any]) -> bytes:
+    """``cmd`` in RESP, in Python; a ``TypeError`` naming an argument of another type
+    (``bool`` too, as redis-py's encoder refuses it)."""
+    out = [b"*%d\r\n" % len(cmd)]
+    for arg in cmd:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} {arg!r:.40} to the server")
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
 
 
