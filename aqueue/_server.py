@@ -54,6 +54,7 @@ class EmbeddedServer:
         extra: list[str] | None = None,
         binary: str | None = None,
     ) -> None:
+        self._port_chosen = port is None
         self.port = port or free_port()
         # Another redis-server compatible binary (the soak runs Redis 7 too).
         self.binary = binary
@@ -69,8 +70,21 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
+        """Start the server and wait until it answers. A port chosen here was free when
+        it was chosen; if another process took it before the server could listen, the
+        server starts again on another (three tries)."""
         if self.process is not None and self.process.poll() is None:
             raise AqueueError(f"the embedded server on port {self.port} is already running")
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except AqueueError as exc:
+                if not self._port_chosen or "Failed listening" not in str(exc) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EmbeddedServer:
         args = [
             self.binary or server_binary(),
             "--port", str(self.port),

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from aqueue._server import EmbeddedServer, free_port
+from aqueue.errors import AqueueError
 
 SLOTS = [(0, 5460), (5461, 10922), (10923, 16383)]
 CLUSTER_FLAGS = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -26,15 +27,12 @@ class Cluster:
     """Three masters, a third of the slots each; call ``ok()`` until it is formed."""
 
     def __init__(self) -> None:
-        self.bus = [free_port() for _ in SLOTS]
-        self.servers = [
-            EmbeddedServer(appendonly=True, extra=[*CLUSTER_FLAGS, "--cluster-port", str(bus)])
-            for bus in self.bus
-        ]
+        self.bus: list[int] = []
+        self.servers: list[EmbeddedServer] = []
         self.nodes: list[redis.Redis] = []
         try:
-            for server in self.servers:
-                server.start()
+            for _ in SLOTS:
+                self._start_node()
             self.nodes = [redis.Redis(port=s.port) for s in self.servers]
             for node, (first, last) in zip(self.nodes, SLOTS, strict=True):
                 command(node, "CLUSTER", "ADDSLOTSRANGE", first, last)
@@ -43,6 +41,26 @@ class Cluster:
         except BaseException:
             self.close()  # no server left running behind a failed start
             raise
+
+    def _start_node(self, tries: int = 5) -> None:
+        """Start one node on free ports. A free port is only free when it is chosen:
+        another process (a busy machine's tests, a soak's proxies) may take it, or the
+        bus port, before the node listens; then take others."""
+        for attempt in range(tries):
+            bus = free_port()
+            server = EmbeddedServer(
+                appendonly=True, extra=[*CLUSTER_FLAGS, "--cluster-port", str(bus)]
+            )
+            try:
+                server.start()
+            except AqueueError as exc:
+                server.close()
+                if "Failed listening" not in str(exc) or attempt == tries - 1:
+                    raise
+                continue
+            self.bus.append(bus)
+            self.servers.append(server)
+            return
 
     def ok(self) -> bool:
         return all(b"cluster_state:ok" in command(n, "CLUSTER", "INFO") for n in self.nodes)
