@@ -106,16 +106,25 @@ class Workers:
         concurrency: int = 10,
         lease_ttl: float = 3.0,
         shutdown_timeout: float | None = None,
+        url: str | None = None,
+        record_url: str | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> WorkerProcess:
+        """A worker of the server at ``url`` (the fixture's by default) whose handlers
+        record at ``record_url`` (the same by default); ``wrap`` rewrites its command
+        (to run it in a network namespace, say)."""
         n = len(self.started)
         name = chr(ord("A") + n) if n < 26 else f"W{n}"
         args = [
-            sys.executable, "-m", "aqueue._cli", "worker", APP, "--url", self.url,
+            sys.executable, "-m", "aqueue._cli", "worker", APP, "--url", url or self.url,
             "--concurrency", str(concurrency), "--no-scheduler",
         ]  # fmt: skip
         if shutdown_timeout is not None:
             args += ["--shutdown-timeout", str(shutdown_timeout)]
-        env = {**os.environ, "AQUEUE_URL": self.url, "CHAOS_LEASE_TTL": str(lease_ttl)}
+        if wrap is not None:
+            args = wrap(args)
+        record = record_url or url or self.url
+        env = {**os.environ, "AQUEUE_URL": record, "CHAOS_LEASE_TTL": str(lease_ttl)}
         log = self.directory / f"worker-{name}.log"
         with log.open("wb") as err:
             popen = subprocess.Popen(

@@ -19,11 +19,9 @@ namespaces cannot be made (not root, no iproute2, no veth or packet sockets).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,7 +34,8 @@ import redis
 import aqueue
 from aqueue._server import server_binary
 
-from .crash_fixtures import APP, ROOT, Store, WorkerProcess, until
+from .crash_fixtures import Store, WorkerProcess, until
+from .crash_fixtures import Workers as ChaosWorkers
 from .netns import Impairment, Topology, unavailable
 from .worker_app import Work, work
 
@@ -123,46 +122,29 @@ def _wait_answers(url: str, popen: subprocess.Popen[bytes]) -> None:
 
 
 class Workers:
-    """``aqueue worker`` children, in W (behind the impairment) or in the root
-    namespace; ``close()`` kills what is left."""
+    """``aqueue worker`` children (``crash_fixtures.Workers``), in W behind the
+    impairment or in the root namespace; ``close()`` kills what is left."""
 
     def __init__(self, topology: Topology, server: Server, directory: Path) -> None:
         self.topology = topology
         self.server = server
-        self.directory = directory
-        self.started: list[WorkerProcess] = []
+        self._workers = ChaosWorkers(server.url, directory)
 
     def start(
         self, *, behind_impairment: bool, concurrency: int, lease_ttl: float
     ) -> WorkerProcess:
-        name = chr(ord("A") + len(self.started))
-        url, side_url = self.server.url, self.server.url
-        if behind_impairment:
-            url, side_url = self.server.worker_url, self.server.side_url
-        argv = [
-            sys.executable, "-m", "aqueue._cli", "worker", APP, "--url", url,
-            "--concurrency", str(concurrency), "--no-scheduler",
-        ]  # fmt: skip
-        if behind_impairment:
-            argv = self.topology.run_in_worker_ns(argv)
+        if not behind_impairment:
+            return self._workers.start(concurrency=concurrency, lease_ttl=lease_ttl)
         # The handlers record what they do (AQUEUE_URL, see worker_app) over the side
         # link: the record is the test's instrument, and must not fail or come late
         # because of the network under test, which carries the worker's own traffic.
-        env = {**os.environ, "AQUEUE_URL": side_url, "CHAOS_LEASE_TTL": str(lease_ttl)}
-        log = self.directory / f"worker-{name}.log"
-        with log.open("wb") as err:
-            popen = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err
-            )
-        w = WorkerProcess(name, popen, log)
-        self.started.append(w)
-        return w
+        return self._workers.start(
+            concurrency=concurrency, lease_ttl=lease_ttl, url=self.server.worker_url,
+            record_url=self.server.side_url, wrap=self.topology.run_in_worker_ns,
+        )  # fmt: skip
 
     def close(self) -> None:
-        for w in self.started:
-            if w.alive():
-                w.popen.kill()
-            w.popen.wait(timeout=10)
+        self._workers.close()
 
 
 @pytest.fixture(name="workers")
